@@ -1,0 +1,210 @@
+"""Segmentation metrics in numpy: dice, iou, miou, ciou, semantic mIoU, AP50, pixel rates.
+
+Masks may be bool or {0, 1} arrays (torch tensors are converted). Per-mask metrics take
+one H x W mask or a batch B x H x W (giving B values). Convention: two empty masks
+agree perfectly, so their dice and IoU are 1.0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from samkit.errors import bad_argument
+
+
+def _as_bool(x: Any, name: str) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    array = np.asarray(x)
+    if array.dtype != bool:
+        if not (np.issubdtype(array.dtype, np.number) and np.isin(array, (0, 1)).all()):
+            raise bad_argument(name, "a bool or {0, 1} mask", array)
+        array = array.astype(bool)
+    return array
+
+
+def _pair(pred: Any, gt: Any) -> tuple[np.ndarray, np.ndarray]:
+    pred, gt = _as_bool(pred, "pred"), _as_bool(gt, "gt")
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred and gt: expected the same shape, got pred {pred.shape} "
+                         f"and gt {gt.shape}")
+    if pred.ndim < 2:
+        raise bad_argument("pred", "an H x W mask or a B x H x W batch", pred)
+    return pred, gt
+
+
+def _counts(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-mask |pred & gt|, |pred|, |gt| summed over the last two axes."""
+    axes = (-2, -1)
+    return ((pred & gt).sum(axis=axes), pred.sum(axis=axes), gt.sum(axis=axes))
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 1.0 where both are 0 (empty vs empty)."""
+    numerator, denominator = np.asarray(numerator, float), np.asarray(denominator, float)
+    safe = np.where(denominator > 0, denominator, 1.0)
+    return np.where(denominator > 0, numerator / safe, 1.0)
+
+
+def _scalar_or_array(values: np.ndarray) -> float | np.ndarray:
+    return float(values) if values.ndim == 0 else values
+
+
+def dice(pred: Any, gt: Any) -> float | np.ndarray:
+    """Dice = 2|P & G| / (|P| + |G|); a float for one mask, (B,) for a batch."""
+    pred, gt = _pair(pred, gt)
+    inter, n_pred, n_gt = _counts(pred, gt)
+    return _scalar_or_array(_ratio(2 * inter, n_pred + n_gt))
+
+
+def iou(pred: Any, gt: Any) -> float | np.ndarray:
+    """IoU = |P & G| / |P | G|; a float for one mask, (B,) for a batch."""
+    pred, gt = _pair(pred, gt)
+    inter, n_pred, n_gt = _counts(pred, gt)
+    return _scalar_or_array(_ratio(inter, n_pred + n_gt - inter))
+
+
+def _pairs(preds: Any, gts: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Mask pairs from two batches or two equally long lists (masks may differ in size)."""
+    if isinstance(preds, Sequence) and isinstance(gts, Sequence):
+        if len(preds) != len(gts):
+            raise ValueError(f"preds and gts: expected as many predictions as targets, "
+                             f"got {len(preds)} and {len(gts)}")
+        return [_pair(p, g) for p, g in zip(preds, gts)]
+    pred, gt = _pair(preds, gts)
+    if pred.ndim == 2:
+        return [(pred, gt)]
+    return list(zip(pred.reshape(-1, *pred.shape[-2:]), gt.reshape(-1, *gt.shape[-2:])))
+
+
+def miou(preds: Any, gts: Any) -> float:
+    """Mean over pairs of the per-pair IoU (every object counts the same)."""
+    pairs = _pairs(preds, gts)
+    if not pairs:
+        raise bad_argument("preds", "at least one mask", preds)
+    return float(np.mean([iou(p, g) for p, g in pairs]))
+
+
+def ciou(preds: Any, gts: Any) -> float:
+    """Cumulative IoU: total intersection / total union (large objects weigh more)."""
+    pairs = _pairs(preds, gts)
+    if not pairs:
+        raise bad_argument("preds", "at least one mask", preds)
+    inter = sum(int((p & g).sum()) for p, g in pairs)
+    union = sum(int((p | g).sum()) for p, g in pairs)
+    return float(_ratio(inter, union))
+
+
+def semantic_miou(pred_labels: Any, gt_labels: Any, num_classes: int,
+                  ignore_index: int | None = None) -> float:
+    """Mean over classes of the per-class IoU of two label maps.
+
+    Averages over the classes present in the ground truth or the prediction (a class
+    absent from both says nothing). Pixels whose gt is `ignore_index` are left out.
+    NaN if no pixel is left.
+    """
+    pred, gt = np.asarray(pred_labels), np.asarray(gt_labels)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred_labels and gt_labels: expected the same shape, got "
+                         f"pred_labels {pred.shape} and gt_labels {gt.shape}")
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise bad_argument("num_classes", "a positive int", num_classes)
+    for name, labels in (("pred_labels", pred), ("gt_labels", gt)):
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise bad_argument(name, "an integer label map", labels)
+    keep = np.ones(gt.shape, bool) if ignore_index is None else gt != ignore_index
+    pred, gt = pred[keep].astype(np.int64), gt[keep].astype(np.int64)
+    for name, labels in (("pred_labels", pred), ("gt_labels", gt)):
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"{name}: expected labels in [0, {num_classes}), got values in "
+                             f"[{labels.min()}, {labels.max()}]")
+    if gt.size == 0:
+        return float("nan")
+    # One bincount gives the whole confusion matrix: row = gt class, column = predicted.
+    confusion = np.bincount(gt * num_classes + pred, minlength=num_classes ** 2)
+    confusion = confusion.reshape(num_classes, num_classes)
+    inter = np.diag(confusion)
+    union = confusion.sum(axis=0) + confusion.sum(axis=1) - inter
+    present = union > 0
+    return float(np.mean(inter[present] / union[present]))
+
+
+def _iou_matrix(pred_masks: np.ndarray, gt_masks: np.ndarray) -> np.ndarray:
+    """(P, G) IoU between every prediction and every target."""
+    pred = pred_masks.reshape(len(pred_masks), -1).astype(np.float32)
+    gt = gt_masks.reshape(len(gt_masks), -1).astype(np.float32)
+    inter = pred @ gt.T
+    union = pred.sum(1)[:, None] + gt.sum(1)[None, :] - inter
+    return _ratio(inter, union)
+
+
+def ap50(pred_masks: Any, scores: Any, gt_masks: Any) -> float:
+    """Instance average precision at IoU 0.5, COCO style, for one image or a list of images.
+
+    One image: pred_masks (P, H, W), scores (P,), gt_masks (G, H, W). Several: lists of
+    those, one entry per image. Predictions are matched greedily by descending score to
+    the unmatched target of highest IoU >= 0.5; precision is interpolated at 101 recall
+    levels. No targets: 1.0 without predictions, 0.0 with any.
+    """
+    many = isinstance(scores, Sequence) and len(scores) > 0 and np.ndim(scores[0]) == 1
+    if not many:
+        pred_masks, scores, gt_masks = [pred_masks], [scores], [gt_masks]
+    if not len(pred_masks) == len(scores) == len(gt_masks):
+        raise ValueError(f"pred_masks, scores and gt_masks: expected one entry per image, got "
+                         f"{len(pred_masks)}, {len(scores)} and {len(gt_masks)}")
+    all_scores, all_hits, n_targets = [], [], 0
+    for preds, image_scores, gts in zip(pred_masks, scores, gt_masks):
+        preds, gts = _as_bool(preds, "pred_masks"), _as_bool(gts, "gt_masks")
+        image_scores = np.asarray(image_scores, dtype=float).reshape(-1)
+        if preds.ndim != 3 or gts.ndim != 3 or preds.shape[1:] != gts.shape[1:]:
+            raise ValueError(f"pred_masks and gt_masks: expected (P, H, W) and (G, H, W) with "
+                             f"the same H, W, got pred_masks {preds.shape} and gt_masks "
+                             f"{gts.shape}")
+        if len(image_scores) != len(preds):
+            raise ValueError(f"scores: expected one score per mask ({len(preds)}), got "
+                             f"{len(image_scores)}")
+        n_targets += len(gts)
+        hits = np.zeros(len(preds), dtype=bool)
+        if len(preds) and len(gts):
+            ious = _iou_matrix(preds, gts)
+            taken = np.zeros(len(gts), dtype=bool)
+            for p in np.argsort(-image_scores, kind="stable"):
+                candidates = np.where(taken, -1.0, ious[p])
+                best = int(np.argmax(candidates))
+                if candidates[best] >= 0.5:
+                    taken[best], hits[p] = True, True
+        all_scores.append(image_scores)
+        all_hits.append(hits)
+    scores_flat, hits_flat = np.concatenate(all_scores), np.concatenate(all_hits)
+    if n_targets == 0:
+        return 1.0 if scores_flat.size == 0 else 0.0
+    if scores_flat.size == 0:
+        return 0.0
+    order = np.argsort(-scores_flat, kind="stable")
+    true_pos = np.cumsum(hits_flat[order])
+    recall = true_pos / n_targets
+    precision = true_pos / np.arange(1, len(order) + 1)
+    # Interpolate: precision at recall r is the best precision at any recall >= r.
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    # At each of COCO's 101 recall levels, the precision where that recall is first
+    # reached; 0 for levels never reached.
+    first = np.searchsorted(recall, np.linspace(0.0, 1.0, 101), side="left")
+    return float(np.append(precision, 0.0)[first].mean())
+
+
+def confusion_rates(pred: Any, gt: Any) -> dict[str, float]:
+    """Pixel rates TPR, TNR, FPR, FNR over all pixels (NaN where undefined)."""
+    pred, gt = _pair(pred, gt)
+    tp, fp = float((pred & gt).sum()), float((pred & ~gt).sum())
+    fn, tn = float((~pred & gt).sum()), float((~pred & ~gt).sum())
+    positives, negatives = tp + fn, tn + fp
+    nan = float("nan")
+    return {
+        "TPR": tp / positives if positives else nan,
+        "TNR": tn / negatives if negatives else nan,
+        "FPR": fp / negatives if negatives else nan,
+        "FNR": fn / positives if positives else nan,
+    }
