@@ -129,7 +129,12 @@ def read_state_dict(path: str | os.PathLike, model_name: str) -> dict[str, torch
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"checkpoint for {model_name} at {path} holds Python objects other than tensors; samkit "
+            f"refuses to unpickle them (torch.load weights_only=True). Only load files you trust, "
+            f"and convert them to a plain state dict first ({str(error).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointError(
             f"checkpoint for {model_name} at {path} could not be read: the file is corrupt or "
             f"truncated ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None

@@ -1,0 +1,115 @@
+"""The model seam (embed -> prompt_tokens -> decode) and the Predictor on TinySAM's architecture."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import samkit
+from samkit.models.base import ImageEmbedding
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return samkit.load_model("tinysam", checkpoint="random", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def image():
+    from samkit.datasets import ShapeScenes
+
+    return ShapeScenes("test", "all", n=1, seed=3)[0].image
+
+
+def test_seam_shapes(model, image):
+    embedding = model.embed(image)
+    assert embedding.image_embed.shape == (1, 256, 16, 16)
+    sparse, dense = model.prompt_tokens(points=np.array([[[10.0, 20.0]], [[100.0, 50.0]]]), labels=np.ones((2, 1)))
+    assert sparse.shape == (2, 2, 256)  # the click plus SAM's padding token
+    assert dense.shape == (2, 256, 16, 16)
+    low_res, iou = model.decode(embedding, sparse, dense)
+    assert low_res.shape == (2, 3, 64, 64) and iou.shape == (2, 3)
+    low_res, iou = model.decode(embedding, sparse, dense, multimask=False)
+    assert low_res.shape == (2, 1, 64, 64)
+
+
+def test_batched_decode_equals_one_by_one(model, image):
+    embedding = model.embed(image)
+    boxes = np.array([[10, 10, 100, 120], [50, 60, 200, 250], [0, 0, 255, 255]], dtype=np.float32)
+    sparse, dense = model.prompt_tokens(boxes=boxes)
+    batched, batched_iou = model.decode(embedding, sparse, dense)
+    for row in range(3):
+        single, single_iou = model.decode(embedding, *model.prompt_tokens(boxes=boxes[row]))
+        torch.testing.assert_close(single[0], batched[row], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(single_iou[0], batched_iou[row], atol=1e-6, rtol=1e-5)
+
+
+def test_aligned_images_and_prompt_sets(model, image):
+    """B images with B prompt sets in one call equals each image decoded alone."""
+    other = np.ascontiguousarray(image[::-1])
+    embedding = model.embed([image, other])
+    assert len(embedding) == 2
+    sparse, dense = model.prompt_tokens(points=np.array([[[60.0, 60.0]], [[60.0, 60.0]]]), labels=np.ones((2, 1)))
+    together, _ = model.decode(embedding, sparse, dense)
+    for row in range(2):
+        alone, _ = model.decode(embedding.select(row), sparse[row:row + 1], dense[row:row + 1])
+        torch.testing.assert_close(alone[0], together[row], atol=1e-5, rtol=1e-4)
+
+
+def test_decode_accepts_learned_tokens_and_backpropagates(model, image):
+    """Methods feed their own tokens: any (B, N, 256) tensor works and receives gradients."""
+    embedding = model.embed(image)
+    tokens = torch.randn(4, 5, 256, requires_grad=True)
+    low_res, iou = model.decode(embedding, tokens)
+    (low_res.mean() + iou.mean()).backward()
+    assert tokens.grad is not None and tokens.grad.abs().sum() > 0
+    assert embedding.image_embed.grad is None  # the frozen encoder's output is not a leaf we train
+
+
+def test_prompt_tokens_in_original_image_pixels(model):
+    """Coordinates of a 512 x 384 image map onto the 256-pixel input frame."""
+    sparse_original, _ = model.prompt_tokens(points=[[256.0, 192.0]], labels=[1], original_size=(384, 512))
+    sparse_input, _ = model.prompt_tokens(points=[[128.0, 96.0]], labels=[1])
+    torch.testing.assert_close(sparse_original, sparse_input)
+
+
+def test_predictor_caches_embeddings(model, image):
+    predictor = samkit.Predictor(model)
+    predictor.set_image(image)
+    predictor.set_image(image.copy())  # same content, another buffer
+    assert predictor.encoder_calls == 1
+    masks, scores, low_res = predictor.predict(points=[[60, 60]], labels=[1])
+    assert masks.shape == (3, 256, 256) and masks.dtype == bool
+    assert scores.shape == (3,) and low_res.shape == (3, 64, 64)
+    batched, batched_scores, _ = predictor.predict(box=np.array([[10, 10, 100, 100], [20, 30, 200, 220]]))
+    assert batched.shape == (2, 3, 256, 256) and batched_scores.shape == (2, 3)
+
+
+@pytest.mark.parametrize("variant", ["gray", "rgba", "float", "pil"])
+def test_predictor_accepts_image_forms(model, image, variant):
+    from PIL import Image
+
+    forms = {
+        "gray": image.mean(axis=2).astype(np.uint8),
+        "rgba": np.concatenate([image, np.full(image.shape[:2] + (1,), 255, np.uint8)], axis=2),
+        "float": image.astype(np.float32) / 255.0,
+        "pil": Image.fromarray(image),
+    }
+    predictor = samkit.Predictor(model, disk_cache=False).set_image(forms[variant])
+    assert predictor.original_size == (256, 256)
+    masks, _, _ = predictor.predict(points=[[60, 60]], labels=[1])
+    assert masks.shape == (3, 256, 256)
+    if variant in ("rgba", "float", "pil"):  # the same pixels as the RGB uint8 image: the same embedding
+        reference = samkit.Predictor(model, disk_cache=False).set_image(image)
+        torch.testing.assert_close(predictor.embedding.image_embed, reference.embedding.image_embed)
+
+
+def test_embedding_select_and_cat(model, image):
+    embedding = model.embed([image, image[::-1].copy(), image[:, ::-1].copy()])
+    picked = embedding.select([2, 0])
+    assert len(picked) == 2
+    torch.testing.assert_close(picked.image_embed[1], embedding.image_embed[0])
+    joined = ImageEmbedding.cat([embedding.select(0), embedding.select(1)])
+    torch.testing.assert_close(joined.image_embed, embedding.image_embed[:2])
