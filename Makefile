@@ -7,7 +7,7 @@ STAMP := $(VENV)/.samkit-installed
 PIP := PIP_CONSTRAINT=$(CURDIR)/constraints.txt PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip install -q
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: lab test figures bench venv clean-outputs
+.PHONY: lab test figures bench venv clean-outputs browser
 
 venv: $(STAMP)
 
@@ -25,8 +25,15 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 # Unit tests, then every notebook in the `smoke` profile (nbval: the asserts in the cells are the checks).
-test: $(STAMP)
+test: $(STAMP) browser
 	SAMKIT_PROFILE=smoke $(PY) -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# Debian's chromium for the browser test of the prompt probe (playwright drives it; it downloads no browser).
+browser:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium; \
+	  else echo "the browser test needs /usr/bin/chromium: apt-get install chromium"; exit 1; fi; }
 
 # Every notebook in the `class` profile, headless; they write figures/<stem>*.png and figures/<stem>.json.
 figures: $(STAMP)
