@@ -455,7 +455,7 @@ class ShapeScenes(Sequence):
     def _draw_entity(self, class_id: int, rng: np.random.Generator) -> _Entity:
         size = self.size
         spec = _SHAPES[VOCABULARY[class_id]]
-        r = rng.uniform(0.07, 0.17) * size  # a python float: keeps the grids float32
+        r = rng.uniform(0.10, 0.22) * size  # a python float: keeps the grids float32
         cx, cy = (float(c) * size for c in rng.uniform(0.08, 0.92, size=2))
         angle = rng.uniform(-0.4, 0.4) if spec.upright else rng.uniform(0, 2 * np.pi)
         reach = spec.extent * r + 1.0

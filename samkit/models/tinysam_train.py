@@ -41,7 +41,7 @@ class PretrainConfig:
     seed: int = 0
     focal_weight: float = 0.0  # SAM uses 20:1 focal:dice; from scratch that collapses to "all background"
     bce_weight: float = 1.0
-    refine_share: float = 0.5  # share of targets that get a refinement round
+    refine_share: float = 0.25  # share of targets that get a refinement round
 
 
 @dataclass
@@ -199,7 +199,8 @@ class Pretrainer:
         return logs
 
 
-def pretrain(model: SegmentAnythingAdapter, config: PretrainConfig, log_every: int = 50) -> list[dict]:
+def pretrain(model: SegmentAnythingAdapter, config: PretrainConfig, log_every: int = 50,
+             eval_every: int = 400) -> list[dict]:
     """Run the whole pre-training; returns the logged losses."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -211,18 +212,24 @@ def pretrain(model: SegmentAnythingAdapter, config: PretrainConfig, log_every: i
         bar.set_postfix(loss=f"{logs['loss']:.3f}")
         if step % log_every == 0 or step == config.steps - 1:
             history.append({"step": step, "seconds": round(time.time() - started, 1), **logs})
+        if eval_every and step and step % eval_every == 0:  # a quick look on 20 validation scenes
+            model.sam.eval()
+            history[-1].update(evaluate(model, n=20, split="val"))
+            bar.write(json.dumps(history[-1]))
+            model.sam.train()
     model.sam.eval()
     return history
 
 
 @torch.no_grad()
-def evaluate(model: SegmentAnythingAdapter, n: int = 300, seed: int = 0, batch: int = 20) -> dict:
+def evaluate(model: SegmentAnythingAdapter, n: int = 300, seed: int = 0, batch: int = 20,
+             split: str = "test") -> dict:
     """The quality bar: box-prompt mIoU and best-of-three centre-click mIoU, base and novel classes,
     on `n` held-out test scenes each (instances' IoU averaged over all instances)."""
     model.sam.eval()
     results = {}
     for classes in ("base", "novel"):
-        data = ShapeScenes("test", classes, n=n, seed=seed)
+        data = ShapeScenes(split, classes, n=n, seed=seed)
         box_ious, click_ious, click_pick_ious = [], [], []
         for start in range(0, n, batch):
             scenes = [data[i] for i in range(start, min(n, start + batch))]

@@ -142,6 +142,12 @@ class Snapshot:
     feed_mask: bool = False
     chain: tuple[Prompts, ...] = ()
 
+    def to_dict(self) -> dict:
+        """JSON-ready data; `PromptState.snapshot_from_dict` reads it back."""
+        return {**self.prompts.to_dict(),
+                "options": {"multimask": self.multimask, "feed_mask": self.feed_mask},
+                "chain": [link.to_dict() for link in self.chain]}
+
 
 @dataclass
 class PromptState:
@@ -227,6 +233,7 @@ class PromptState:
         Returns "removed" or "added".
         """
         x, y = self._check_xy(x, y)
+        radius = _finite_number(radius, "radius")
         hit = self.nearest_point(x, y, radius) if radius > 0 else None
         if hit is not None:
             self.remove_point(hit)
@@ -247,6 +254,12 @@ class PromptState:
 
     def clear(self) -> bool:
         return self._edit_prompts(Prompts())
+
+    def restore(self, snapshot: Snapshot) -> bool:
+        """Go to a saved snapshot (a variant, an import) as one undo step."""
+        if not isinstance(snapshot, Snapshot):
+            raise bad_argument("snapshot", "a Snapshot", snapshot)
+        return self._commit(snapshot)
 
     def set_prompts(self, prompts: Prompts) -> bool:
         """Replace all prompts at once (import, loading a variant): one undo step, a fresh chain."""
@@ -289,10 +302,7 @@ class PromptState:
     # ---- serialising ------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """The current prompts, options and chain as JSON-ready data."""
-        snapshot = self.current
-        return {**snapshot.prompts.to_dict(),
-                "options": {"multimask": snapshot.multimask, "feed_mask": snapshot.feed_mask},
-                "chain": [p.to_dict() for p in snapshot.chain]}
+        return self.current.to_dict()
 
     def snapshot_from_dict(self, data: Any, name: str = "prompts") -> Snapshot:
         """Check `data` (from `to_dict` or a JSON export) against this image; build a Snapshot."""
@@ -313,4 +323,4 @@ class PromptState:
 
     def load_dict(self, data: Any, name: str = "prompts") -> bool:
         """Restore prompts, options and chain from `to_dict` data, as one undo step."""
-        return self._commit(self.snapshot_from_dict(data, name))
+        return self.restore(self.snapshot_from_dict(data, name))
