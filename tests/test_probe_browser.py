@@ -88,7 +88,7 @@ def lab(tmp_path_factory):
     process = subprocess.Popen(
         [str(jupyter), "lab", "--no-browser", f"--port={port}", f"--ServerApp.token={token}",
          "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0", f"--notebook-dir={notebooks}",
-         "--LabApp.expose_app_in_browser=True"],
+         "--LabApp.expose_app_in_browser=True", *(["--allow-root"] if os.geteuid() == 0 else [])],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -164,7 +164,7 @@ def _image_to_page(canvas, x: float, y: float) -> tuple[float, float]:
     box = canvas.bounding_box()
     width = float(canvas.get_attribute("data-image-width"))
     height = float(canvas.get_attribute("data-image-height"))
-    return box["x"] + x * box["width"] / width, box["y"] + y * box["height"] / height
+    return float(box["x"] + x * box["width"] / width), float(box["y"] + y * box["height"] / height)
 
 
 def _canvas_pixels(page, canvas) -> np.ndarray:
