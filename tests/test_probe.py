@@ -447,3 +447,16 @@ def test_probe_works_with_a_sam2_model(scene):
     probe.set_options(jitter=3)
     assert probe.view["jitter"]["samples"] == probe.jitter_samples
     assert predictor.encoder_calls == 1
+
+
+def test_two_probes_can_share_a_predictor(predictor, scene):
+    from skimage import data as skdata
+
+    first = PromptProbe(predictor, scene.image)
+    second = PromptProbe(predictor, skdata.coffee())  # sets the predictor to the photo
+    result = first.click(*centre(scene))  # must decode on the scene, not on the photo
+    assert result.masks.shape == (3, 256, 256)
+    assert np.array_equal(result.masks, predictor.predict(points=first.points, labels=first.labels)[0])
+    assert second.click(300, 200).masks.shape == (3, 400, 600)
+    assert first.jitter_spread(2.0, samples=2)["frequency"].shape == (256, 256)
+    assert predictor.encoder_calls == 2  # switching back and forth takes embeddings from memory

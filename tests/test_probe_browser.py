@@ -197,8 +197,10 @@ def test_probe_in_jupyterlab(lab):
     timings = {}
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        console = []
+        page.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
             _run_notebook(page, url, token)
             probe = page.locator(".samkit-probe").first
             canvas = probe.locator("canvas.sp-canvas")
@@ -272,6 +274,11 @@ def test_probe_in_jupyterlab(lab):
 
             timings["timing_line"] = probe.locator(".sp-timing").inner_text()
             probe.screenshot(path=str(ARTIFACTS / "probe.png"))
+        except Exception:
+            # What the page looked like and said, for whoever reads the CI log.
+            page.screenshot(path=str(ARTIFACTS / "probe-failure.png"), full_page=False)
+            (ARTIFACTS / "probe-failure-console.txt").write_text("\n".join(console) + "\n")
+            raise
         finally:
             browser.close()
     (ARTIFACTS / "probe_timing.json").write_text(json.dumps(timings, indent=2) + "\n")

@@ -136,7 +136,7 @@ class PromptProbe(anywidget.AnyWidget):
             raise
         seconds = time.perf_counter() - start
         encoded = self.predictor.encoder_calls > calls
-        self.image, self.gt_mask = canonical, gt
+        self.image, self.image_sha256, self.gt_mask = canonical, self.predictor.image_sha256, gt
         self.state.reset(canonical.shape[:2])
         self.memo.clear()
         self.variants.clear()
@@ -151,6 +151,15 @@ class PromptProbe(anywidget.AnyWidget):
     def image_size(self) -> tuple[int, int]:
         return self.state.image_size
 
+    def _ensure_image(self) -> None:
+        """Point the Predictor back at this probe's image if something else set another one.
+
+        Two probes (or a notebook cell) may share a Predictor; its memory cache holds both
+        embeddings, so switching back runs no encoder.
+        """
+        if self.predictor.image_sha256 != self.image_sha256:
+            self.predictor.set_image(self.image)
+
     # ---- the one handler for browser messages and Python calls ----------------------------
     def _on_frontend_message(self, _widget, content: dict, _buffers) -> None:
         # A comm handler has no caller to raise to: show the error in the widget instead.
@@ -158,7 +167,10 @@ class PromptProbe(anywidget.AnyWidget):
             self.handle(content)
         except Exception as error:  # noqa: BLE001 (anything here would otherwise vanish into the kernel log)
             self._error, self._message = True, f"{type(error).__name__}: {error}"
-            self._publish(origin=content.get("origin"), seq=content.get("seq"), recompute=False)
+            # The last good view with the error on it: nothing is recomputed, so this cannot fail again.
+            self._version += 1
+            self.view = {**self.view, "version": self._version, "origin": content.get("origin"),
+                         "seq": content.get("seq"), "message": self._message, "error": True}
 
     def handle(self, content: dict) -> ProbeResult | None:
         """Apply one message, {"type": ..., ...}, as the browser sends it; return the new result."""
@@ -346,6 +358,7 @@ class PromptProbe(anywidget.AnyWidget):
         if self.result is None:
             raise bad_argument("prompts", "a click or a box before jittering", None)
         samples = self.jitter_samples if samples is None else samples
+        self._ensure_image()
         snapshot = self.state.current
         mask_input = self.memo.get((snapshot.chain, snapshot.multimask)) if snapshot.chain else None
         rng = np.random.default_rng([self.seed, int(round(float(sigma) * 1000))])
@@ -358,18 +371,19 @@ class PromptProbe(anywidget.AnyWidget):
 
     def python_code(self) -> str:
         """The `predictor.predict(...)` call(s) that reproduce the current masks."""
-        return codegen.python_code(self.state.current, self.predictor.model.name, self.predictor.image_sha256)
+        return codegen.python_code(self.state.current, self.predictor.model.name, self.image_sha256)
 
     def export_json(self) -> str:
         """Prompts, options, scores and variants as JSON, tied to this image by its sha256."""
-        return exchange.export_text(self.state, self.predictor.image_sha256, self.predictor.model.name,
+        return exchange.export_text(self.state, self.image_sha256, self.predictor.model.name,
                                     self.predictor.model.checkpoint_sha256, self.jitter, self.jitter_samples,
                                     self._result_view(), {name: v.snapshot for name, v in self.variants.items()})
 
     # ---- internals ------------------------------------------------------------------------
     def _import(self, text: Any) -> str:
-        imported = exchange.parse_export(text, self.state, self.predictor.image_sha256)  # checks everything first
+        imported = exchange.parse_export(text, self.state, self.image_sha256)  # checks everything first
         self.jitter, self.jitter_samples = imported.jitter, imported.jitter_samples
+        self._ensure_image()
         self.variants = {}
         for name, snapshot in imported.variants.items():
             result = predict_snapshot(self.predictor, snapshot, self.memo)
@@ -420,6 +434,7 @@ class PromptProbe(anywidget.AnyWidget):
         decode_s = jitter_s = 0.0
         if recompute:
             tick = time.perf_counter()
+            self._ensure_image()
             self.result = predict_snapshot(self.predictor, self.state.current, self.memo)
             decode_s = time.perf_counter() - tick
         tick = time.perf_counter()
@@ -441,7 +456,7 @@ class PromptProbe(anywidget.AnyWidget):
         prompts = self.state.prompts
         view = {
             "version": self._version, "origin": origin, "seq": seq,
-            "image": {"height": height, "width": width, "sha256": self.predictor.image_sha256},
+            "image": {"height": height, "width": width, "sha256": self.image_sha256},
             "model": self.predictor.model.name, "display_width": self.display_width, "hit_radius": HIT_RADIUS_PX,
             "points": [list(p) for p in prompts.points], "labels": list(prompts.labels),
             "box": list(prompts.box) if prompts.box is not None else None,
