@@ -25,7 +25,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 # Unit tests, then every notebook in the `smoke` profile (nbval: the asserts in the cells are the checks).
-test: $(STAMP) browser
+test: $(STAMP)
 	SAMKIT_PROFILE=smoke $(PY) -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # Debian's chromium for the browser test of the prompt probe (playwright drives it; it downloads no browser).

@@ -366,9 +366,10 @@ function render({ model, el: host }) {
 
   function timingLine(view, browser) {
     const t = view.timing || {};
-    const parts = [`decode ${fmt(t.decode_ms, 1)} ms`];
-    if (t.jitter_ms >= 0.05) parts.push(`jitter ${fmt(t.jitter_ms, 1)} ms`);
-    parts.push(`encode ${fmt(t.encode_ms, 1)} ms`);
+    const split = [`decode ${fmt(t.decode_ms, 1)}`];
+    if (t.jitter_ms >= 0.05) split.push(`jitter ${fmt(t.jitter_ms, 1)}`);
+    split.push(`encode ${fmt(t.encode_ms, 1)}`);
+    const parts = [`kernel ${fmt(t.python_ms, 1)} ms (${split.join(", ")})`];
     if (browser) {
       parts.push(`transfer ${fmt(browser.transfer_ms, 1)} ms`, `draw ${fmt(browser.draw_ms, 1)} ms`,
         `click→drawn ${fmt(browser.total_ms, 1)} ms`);
