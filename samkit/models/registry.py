@@ -95,7 +95,13 @@ def _load_transformers(name: str, checkpoint, device: torch.device) -> SamAdapte
     except OSError as error:
         raise OSError(f"cannot load {name}: {error}. Offline? Download the repo elsewhere and pass its "
                       f"folder: load_model('hf:{repo}', checkpoint='/path/to/folder')") from None
+    # The embedding cache needs to know the weights: a local file's sha256, or the hub commit.
     weights = Path(repo) / "model.safetensors"
-    sha = file_sha256(weights) if weights.is_file() and checkpoint != RANDOM else (
-        None if checkpoint == RANDOM else f"hf:{repo}:{getattr(config, '_commit_hash', None)}")
+    commit = getattr(config, "_commit_hash", None)
+    if checkpoint == RANDOM:
+        sha = None
+    elif weights.is_file():
+        sha = file_sha256(weights)
+    else:
+        sha = f"hf-{commit}" if commit else None
     return TransformersAdapter(model, processor, name, sha, device)
