@@ -85,9 +85,9 @@ function render({ model, el: host }) {
   let image = null; // HTMLImageElement of the current image
   let overlays = []; // 4 mask canvases at image resolution: 3 candidates + single
   let variantOverlays = [];
+  let variantOverlaysKey = null;
   let spreadOverlay = null;
   let drag = null;
-  let io = null; // what the text area shows: "export", "python", "import"
 
   const root = el("div", { class: "samkit-probe", tabindex: "0", "data-lm-suppress-shortcuts": "true" });
   const status = el("div", { class: "sp-status" });
@@ -152,7 +152,6 @@ function render({ model, el: host }) {
   }
 
   function showIO(kind) {
-    io = kind;
     ioPanel.hidden = kind === null;
     importButton.hidden = kind !== "import";
     const view = model.get("view") || {};
@@ -198,8 +197,12 @@ function render({ model, el: host }) {
       for (let i = 0; i < 4; i++) overlays.push(maskCanvas(masks, i, width, height, colors[i % colors.length]));
     }
     const variantBytes = bytesOf(model.get("variant_masks"));
-    variantOverlays = (view.variants || []).map((_, i) =>
-      maskCanvas(variantBytes, i, width, height, colors[(4 + i) % colors.length]));
+    const variantsKey = JSON.stringify(view.variants || []) + `${width}x${height}`;
+    if (variantsKey !== variantOverlaysKey) {
+      variantOverlaysKey = variantsKey;
+      variantOverlays = (view.variants || []).map((_, i) =>
+        maskCanvas(variantBytes, i, width, height, colors[(4 + i) % colors.length]));
+    }
     const spread = bytesOf(model.get("spread"));
     spreadOverlay = view.jitter && spread.length ? spreadCanvas(spread, view.jitter.width, view.jitter.height) : null;
   }
@@ -317,10 +320,26 @@ function render({ model, el: host }) {
       el("div", { text: `${changed}/${stats.samples} samples changed the mask (IoU < ${stats.changed_iou})` })));
   }
 
+  let strip = null; // the variants' thumbnails, rebuilt only when the variants change
+  let stripKey = null;
   function drawVariants(view) {
-    variantsPanel.replaceChildren();
     const variants = view.variants || [];
+    const key = JSON.stringify(variants);
+    if (key !== stripKey || !strip) {
+      stripKey = key;
+      strip = variantStrip(view, variants);
+    }
+    variantsPanel.replaceChildren();
     if (!variants.length) return;
+    const { names, matrix } = view.variant_ious;
+    const table = el("table", { class: "sp-iou-table" },
+      el("tr", {}, el("th", { text: "IoU" }), ...names.map((n) => el("th", { text: n }))),
+      ...matrix.map((row, i) => el("tr", {}, el("th", { text: names[i] }),
+        ...row.map((v, j) => el("td", { text: i === j ? "" : fmt(v, 2) })))));
+    variantsPanel.append(strip, table);
+  }
+
+  function variantStrip(view, variants) {
     const strip = el("div", { class: "sp-variant-strip" });
     variants.forEach((variant, i) => {
       const details = `${variant.points} pts${variant.box ? " + box" : ""} · ${fmt(variant.score)}` +
@@ -333,12 +352,7 @@ function render({ model, el: host }) {
         el("div", { class: "sp-gt", text: details })));
       strip.lastChild.addEventListener("click", () => send({ type: "load_variant", name: variant.name }));
     });
-    const { names, matrix } = view.variant_ious;
-    const table = el("table", { class: "sp-iou-table" },
-      el("tr", {}, el("th", { text: "IoU" }), ...names.map((n) => el("th", { text: n }))),
-      ...matrix.map((row, i) => el("tr", {}, el("th", { text: names[i] }),
-        ...row.map((v, j) => el("td", { text: i === j ? "" : fmt(v, 2) })))));
-    variantsPanel.append(strip, table);
+    return strip;
   }
 
   function drawAll() {
@@ -412,7 +426,7 @@ function render({ model, el: host }) {
     const source = model.get("image_png");
     if (!source) return;
     const next = new Image();
-    next.onload = () => { image = next; drawAll(); };
+    next.onload = () => { image = next; stripKey = null; drawAll(); };
     next.src = source;
   }
 
