@@ -24,11 +24,13 @@ $(STAMP): pyproject.toml requirements.lock constraints.txt
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
-# Unit tests, then every notebook in the `smoke` profile (nbval: the asserts in the cells are the checks).
-test: $(STAMP)
+# Unit tests (the browser test of the prompt probe included), then every notebook in the `smoke`
+# profile (nbval: the asserts in the cells are the checks).
+test: $(STAMP) browser
 	SAMKIT_PROFILE=smoke $(PY) -m pytest tests $(NOTEBOOKS) --nbval-lax --nbval-current-env -p no:cacheprovider
 
-# Debian's chromium for the browser test of the prompt probe (playwright drives it; it downloads no browser).
+# Debian's chromium for the prompt probe's browser test and latency benchmark (playwright drives it;
+# it downloads no browser).
 browser:
 	@test -x /usr/bin/chromium || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
@@ -43,7 +45,7 @@ figures: $(STAMP)
 	    --ExecutePreprocessor.timeout=1800 --output-dir build/executed "$$notebook" || exit 1; \
 	done
 
-bench: $(STAMP)
+bench: $(STAMP) browser
 	$(PY) -m samkit.bench
 
 # Strip outputs from the notebooks before committing them.

@@ -62,55 +62,22 @@ def cached_set_image(model_name: str = "sam_vit_b") -> dict:
 
 
 def main() -> None:
+    from samkit.bench_probe import browser_latency, kernel_latency
+
     torch.manual_seed(0)
     results = {"torch_threads": torch.get_num_threads()}
     results.update(decode_batched_vs_loop())
     results.update(cached_set_image())
     results["shapescenes_per_second"] = round(scenes_per_second(n=200), 1)
+    results.update(browser_latency())
+    results.update(kernel_latency())
+    results["probe_measured"] = ("probe_<model>_*: JupyterLab + chromium, pointer-up to the new masks painted, on a "
+                                 "400x600 photo; probe_kernel_<model>_*: the Python click handler alone")
     results["targets"] = {"decode_batched_speedup": ">= 10", "cached_set_image_speedup": ">= 100",
-                          "shapescenes_per_second": ">= 200"}
+                          "shapescenes_per_second": ">= 200", "probe_tinysam_p50_ms": "<= 100",
+                          "probe_tinysam_p95_ms": "<= 200", "probe_vitb_p50_ms": "<= 300"}
     print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
     main()
-
-
-def probe_latency(clicks: int = 60, vitb_clicks: int = 20, seed: int = 0) -> dict:
-    """Click-to-masks latency of the prompt probe on a 400 x 600 photo, TinySAM and ViT-B (random weights).
-
-    Measures the probe's Python click handler end to end, exactly what a browser click runs in the
-    kernel: canvas -> image transform, prompt state, the decoder for the 3 candidates and the single
-    mask, metrics, bit-packing the masks and serialising the widget update. The browser's transfer and
-    draw (a few ms, measured by tests/test_probe_browser.py) are not included.
-    """
-    from skimage import data as skdata
-
-    from samkit.widgets import PromptProbe
-
-    photo = skdata.coffee()
-    height, width = photo.shape[:2]
-    canvas = [height * 480 / width, 480.0]  # the probe's default display size, in CSS pixels
-    rng = np.random.default_rng(seed)
-    results = {}
-    for key, name, count in (("tinysam", "tinysam", clicks), ("vitb", "sam_vit_b", vitb_clicks)):
-        model = samkit.load_model(name, checkpoint="random", device="cpu")
-        probe = PromptProbe(samkit.Predictor(model, disk_cache=False), photo)
-        times = []
-        for i in range(count + 3):  # the first 3 warm up
-            if i % 4 == 0:
-                probe.clear()  # up to 4 clicks per prompt set, as when a learner refines a mask
-            message = {"type": "click", "x": float(rng.uniform(0, canvas[1])), "y": float(rng.uniform(0, canvas[0])),
-                       "label": int(i % 4 != 3), "canvas": canvas}
-            start = time.perf_counter()
-            probe.handle(message)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-        times_ms = np.array(times) * 1e3
-        results[f"probe_{key}_p50_ms"] = round(float(np.percentile(times_ms, 50)), 1)
-        results[f"probe_{key}_p95_ms"] = round(float(np.percentile(times_ms, 95)), 1)
-        results[f"probe_{key}_encoder_calls"] = probe.predictor.encoder_calls  # 1: clicks never encode
-    results["probe_clicks"] = {"tinysam": clicks, "sam_vit_b": vitb_clicks}
-    results["probe_measured"] = ("Python click handler end to end on a 400x600 photo (decode 3 candidates + single "
-                                 "mask, pack masks, serialise the widget update); browser transfer + draw excluded")
-    return results

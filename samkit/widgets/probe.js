@@ -140,9 +140,11 @@ function render({ model, el: host }) {
     timing, message, jitterPanel, variantsPanel, ioPanel, help);
   host.append(root);
 
-  function send(content) {
+  // `event`: the gesture's DOM event; its timeStamp (same clock as performance.now()) starts the
+  // click-to-drawn timer, so the time the browser took to dispatch the event counts too.
+  function send(content, event = null) {
     seq += 1;
-    pending.set(seq, performance.now());
+    pending.set(seq, event ? event.timeStamp : performance.now());
     model.send({ ...content, origin: viewId, seq });
   }
 
@@ -462,10 +464,10 @@ function render({ model, el: host }) {
     const gesture = drag;
     drag = null;
     if (gesture.moved) {
-      send({ type: "box", x0: gesture.x0, y0: gesture.y0, x1: gesture.x1, y1: gesture.y1, canvas: size });
+      send({ type: "box", x0: gesture.x0, y0: gesture.y0, x1: gesture.x1, y1: gesture.y1, canvas: size }, event);
     } else if (gesture.button === 0 || gesture.button === 2) {
       const negative = gesture.button === 2 || gesture.shift;
-      send({ type: "click", x: gesture.x0, y: gesture.y0, label: negative ? 0 : 1, canvas: size });
+      send({ type: "click", x: gesture.x0, y: gesture.y0, label: negative ? 0 : 1, canvas: size }, event);
     }
   });
   canvas.addEventListener("pointercancel", () => { drag = null; drawMain(); });
