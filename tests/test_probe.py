@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import samkit
 from samkit import metrics, prompts
@@ -460,3 +461,25 @@ def test_two_probes_can_share_a_predictor(predictor, scene):
     assert second.click(300, 200).masks.shape == (3, 400, 600)
     assert first.jitter_spread(2.0, samples=2)["frequency"].shape == (256, 256)
     assert predictor.encoder_calls == 2  # switching back and forth takes embeddings from memory
+
+
+def test_probe_works_with_a_transformers_model(scene, tmp_path):
+    """The `hf:` adapter (a small transformers SamModel, random weights, saved as a folder) behind the probe."""
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor, SamVisionConfig
+
+    torch.manual_seed(0)
+    vision = SamVisionConfig(hidden_size=96, num_hidden_layers=2, num_attention_heads=2, global_attn_indexes=[1])
+    SamModel(SamConfig(vision_config=vision.to_dict())).save_pretrained(tmp_path)
+    SamProcessor(SamImageProcessor()).save_pretrained(tmp_path)
+    predictor = samkit.Predictor(samkit.load_model(f"hf:{tmp_path}", device="cpu"), disk_cache=False)
+    probe = PromptProbe(predictor, scene.image, gt_mask=scene.instance_masks[0])
+    x, y = centre(scene)
+    result = probe.click(x, y)
+    masks, scores, _ = predictor.predict(points=np.array([[round(x, 1), round(y, 1)]]), labels=np.array([1]))
+    assert result.masks.shape == (3, 256, 256)
+    assert np.array_equal(result.masks, masks) and np.allclose(result.scores, scores)
+    view = probe.view["result"]  # 3 candidates and the single mask, each with its true IoU and Dice
+    assert len(view["candidates"]) == 3 and all("iou" in row and "dice" in row
+                                                for row in [*view["candidates"], view["single"]])
+    probe.negative_click(*prompts.center_point(~scene.instance_masks[0])[0])
+    assert probe.points.shape == (2, 2) and predictor.encoder_calls == 1
