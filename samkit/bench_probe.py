@@ -68,7 +68,7 @@ def browser_latency(clicks: int = 40, vitb_clicks: int = 20, warmup: int = 3, se
                     canvas = probe.locator("canvas.sp-canvas")
                     page.wait_for_function(f"(c) => c.dataset.imageWidth === '{width}'", arg=canvas.element_handle())
                     count = (clicks if key == "tinysam" else vitb_clicks) + warmup
-                    times = []
+                    times, kernel_times = [], []
                     for i, (x, y, positive) in enumerate(_click_positions(count, height, width, seed)):
                         if i % CLICKS_PER_PROMPT == 0:
                             act(page, probe, lambda: probe.get_by_role("button", name="Clear").click())
@@ -76,7 +76,9 @@ def browser_latency(clicks: int = 40, vitb_clicks: int = 20, warmup: int = 3, se
                         act(page, probe, lambda: page.mouse.click(*position, button="left" if positive else "right"))
                         if i >= warmup:
                             times.append(float(probe.get_attribute("data-total-ms")))
+                            kernel_times.append(float(probe.get_attribute("data-kernel-ms")))
                     results.update(_percentiles(f"probe_{key}", times))
+                    results[f"probe_{key}_kernel_share_p50_ms"] = round(float(np.median(kernel_times)), 1)
                     page.close()
             finally:
                 browser.close()

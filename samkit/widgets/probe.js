@@ -419,6 +419,7 @@ function render({ model, el: host }) {
         build_ms: drawn - received,
       };
       timing.textContent = timingLine(view, browser);
+      root.dataset.kernelMs = String(python);
       root.dataset.totalMs = String(browser.total_ms);
       model.send({ type: "drawn", origin: viewId, seq: view.seq, ...browser });
     });
