@@ -10,6 +10,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from samkit.models.base import ImageEmbedding, SamAdapter, Size
+from samkit.models.shared_image_decoder import decode_shared_image, use_shared_image
 
 
 class SegmentAnythingAdapter(SamAdapter):
@@ -57,6 +58,18 @@ class SegmentAnythingAdapter(SamAdapter):
 
     def run_decoder(self, embedding: ImageEmbedding, sparse: torch.Tensor, dense: torch.Tensor,
                     multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # Several prompt sets on one image with one dense embedding (clicks, boxes, learned tokens; no
+        # mask input): the image side is shared, see shared_image_decoder. One or two prompt sets
+        # have too little to share and keep the general path, which is then the cheaper one.
+        decoder = self.sam.mask_decoder
+        if use_shared_image(decoder, embedding.image_embed, sparse, dense):
+            return decode_shared_image(decoder, embedding.image_embed, self.sam.prompt_encoder.get_dense_pe(),
+                                       dense, sparse, multimask)
+        return self.run_decoder_general(embedding, sparse, dense, multimask)
+
+    def run_decoder_general(self, embedding: ImageEmbedding, sparse: torch.Tensor, dense: torch.Tensor,
+                            multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder for any inputs (one image per prompt set, per-prompt dense embeddings)."""
         # MaskDecoder.predict_masks, with one change: the official code repeats a single image
         # embedding for every prompt set, so B images with B prompt sets (a training batch)
         # cannot go through it in one call. Here the image batch is expanded (a view) or

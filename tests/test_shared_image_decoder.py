@@ -1,0 +1,200 @@
+"""The shared-image fast path of SAM's mask decoder equals the general path.
+
+`SegmentAnythingAdapter.run_decoder` takes `decode_shared_image` when several prompt sets share one
+image and one dense embedding; `run_decoder_general` is the official computation for any inputs. The
+two are compared on TinySAM (random and shipped weights) and on SAM ViT-B's decoder (random weights).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import samkit
+import samkit.models.sam1 as sam1
+from samkit.models.base import ImageEmbedding
+from samkit.models.shared_image_decoder import supports
+
+LOGITS_ATOL = 1e-4  # TinySAM's shipped weights: logits up to ~15, where the general path itself is only
+                    # ~1e-4 from a float64 evaluation; the fast path is as close
+RANDOM_LOGITS_ATOL = 1e-5  # random weights: logits below ~0.5
+IOU_ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def tinysam_random():
+    torch.manual_seed(0)
+    return samkit.load_model("tinysam", checkpoint="random", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tinysam_trained():
+    return samkit.load_model("tinysam", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def scene_image():
+    from samkit.datasets import ShapeScenes
+
+    return ShapeScenes("test", "all", n=1, seed=3)[0].image
+
+
+@pytest.fixture
+def fast_calls(monkeypatch):
+    """Counts the calls that take the fast path."""
+    calls = []
+    original = sam1.decode_shared_image
+
+    def counted(*args, **kwargs):
+        calls.append(args[4].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sam1, "decode_shared_image", counted)
+    return calls
+
+
+def prompt_sets(model, batch: int, seed: int = 0) -> dict:
+    """(sparse, dense) for every prompt kind, `batch` prompt sets each, in the model's input frame."""
+    rng = np.random.default_rng(seed)
+    size = model.image_size - 1
+    corners = np.sort(rng.uniform(0, size, (batch, 2, 2)), axis=1)  # per box: (x0, y0) <= (x1, y1)
+    boxes = corners.reshape(batch, 4)
+    return {
+        "points": model.prompt_tokens(rng.uniform(0, size, (batch, 1, 2)), np.ones((batch, 1))),
+        "points and negatives": model.prompt_tokens(rng.uniform(0, size, (batch, 4, 2)),
+                                                    np.tile([1, 0, 1, 0], (batch, 1))),
+        "boxes": model.prompt_tokens(boxes=boxes),
+        "box and points": model.prompt_tokens(rng.uniform(0, size, (batch, 2, 2)), np.tile([1, 0], (batch, 1)),
+                                              boxes=boxes),
+        "random tokens": (torch.randn(batch, 6, 256, generator=torch.Generator().manual_seed(seed)),
+                          model.no_mask_dense(batch)),
+    }
+
+
+def assert_same_decoding(model, embedding, sparse, dense, label: str, logits_atol: float = LOGITS_ATOL):
+    for multimask in (True, False):
+        with torch.no_grad():
+            fast = model.run_decoder(embedding, sparse, dense, multimask)
+            general = model.run_decoder_general(embedding, sparse, dense, multimask)
+        case = f"{model.name} {label}, multimask={multimask}"
+        assert fast[0].shape == general[0].shape and fast[1].shape == general[1].shape, case
+        difference = (fast[0] - general[0]).abs().max().item()
+        print(f"{case}: logits up to {general[0].abs().max().item():.3g}, max difference {difference:.2e}; "
+              f"IoU max difference {(fast[1] - general[1]).abs().max().item():.2e}")
+        torch.testing.assert_close(fast[0], general[0], atol=logits_atol, rtol=0, msg=case)
+        torch.testing.assert_close(fast[1], general[1], atol=IOU_ATOL, rtol=0, msg=case)
+
+
+@pytest.mark.parametrize("kind", ["points", "points and negatives", "boxes", "box and points", "random tokens"])
+def test_tinysam_random_weights(tinysam_random, scene_image, fast_calls, kind):
+    embedding = tinysam_random.embed(scene_image)
+    sparse, dense = prompt_sets(tinysam_random, 24)[kind]
+    assert_same_decoding(tinysam_random, embedding, sparse, dense, kind, RANDOM_LOGITS_ATOL)
+    assert fast_calls == [24, 24]
+
+
+@pytest.mark.parametrize("kind", ["points", "points and negatives", "boxes", "box and points", "random tokens"])
+def test_tinysam_shipped_weights(tinysam_trained, scene_image, fast_calls, kind):
+    embedding = tinysam_trained.embed(scene_image)
+    sparse, dense = prompt_sets(tinysam_trained, 24, seed=1)[kind]
+    assert_same_decoding(tinysam_trained, embedding, sparse, dense, kind)
+    assert fast_calls == [24, 24]
+
+
+def test_sam_vit_b_decoder(fast_calls):
+    """SAM ViT-B's decoder (64 x 64 embedding) on a random image embedding: the image encoder is
+    not part of the fast path, and skipping it keeps the test quick."""
+    torch.manual_seed(0)
+    model = samkit.load_model("sam_vit_b", checkpoint="random", device="cpu")
+    embedding = ImageEmbedding(torch.randn(1, 256, 64, 64) * 0.5, [(1024, 1024)], [(1024, 1024)])
+    sets = prompt_sets(model, 3, seed=2)
+    for kind in ("points and negatives", "box and points", "random tokens"):
+        assert_same_decoding(model, embedding, *sets[kind], kind, RANDOM_LOGITS_ATOL)
+    assert fast_calls == [3] * 6
+
+
+@pytest.mark.parametrize("which", ["random", "shipped"])
+def test_gradients_to_tokens(tinysam_random, tinysam_trained, scene_image, fast_calls, which):
+    """Methods learn prompt tokens through the decoder: the fast path's gradients equal the general
+    path's."""
+    model = tinysam_random if which == "random" else tinysam_trained
+    embedding = model.embed(scene_image)
+    generator = torch.Generator().manual_seed(4)
+    start = torch.randn(5, 4, 256, generator=generator)
+    mask_weights = torch.randn(5, 3, 64, 64, generator=generator)
+    iou_weights = torch.randn(5, 3, generator=generator)
+    dense = model.no_mask_dense(5)
+    grads, outputs = [], []
+    for decoder in (model.run_decoder, model.run_decoder_general):
+        tokens = start.clone().requires_grad_(True)
+        masks, iou = decoder(embedding, tokens, dense, True)
+        ((masks * mask_weights).mean() + (iou * iou_weights).sum()).backward()
+        grads.append(tokens.grad)
+        outputs.append(masks.detach())
+    assert fast_calls == [5]
+    scale = grads[1].abs().max().item()
+    print(f"{which}: gradient scale {scale:.3g}, max difference {(grads[0] - grads[1]).abs().max().item():.2e}")
+    assert scale > 0
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5 * scale, rtol=1e-4)
+    atol = LOGITS_ATOL if which == "shipped" else RANDOM_LOGITS_ATOL
+    torch.testing.assert_close(outputs[0], outputs[1], atol=atol, rtol=0)
+
+
+def test_decode_seam_uses_fast_path(tinysam_random, scene_image, fast_calls):
+    """`model.decode` (the public seam) on many clicks takes the fast path, and equals one-by-one calls."""
+    embedding = tinysam_random.embed(scene_image)
+    rng = np.random.default_rng(5)
+    points = rng.uniform(0, 255, (6, 1, 2))
+    labels = np.ones((6, 1))
+    batched = tinysam_random.decode(embedding, *tinysam_random.prompt_tokens(points, labels))
+    assert fast_calls == [6]
+    for row in range(6):
+        single = tinysam_random.decode(embedding, *tinysam_random.prompt_tokens(points[row], labels[row]))
+        torch.testing.assert_close(single[0][0], batched[0][row], atol=RANDOM_LOGITS_ATOL, rtol=0)
+        torch.testing.assert_close(single[1][0], batched[1][row], atol=IOU_ATOL, rtol=0)
+    assert fast_calls == [6]  # a single prompt set has nothing to share: the general path
+
+
+def test_two_prompt_sets_on_tinysam_take_the_general_path(tinysam_random, scene_image, fast_calls):
+    """Below ~3 prompt sets of 16 x 16 pixels sharing does not pay for its fixed cost."""
+    embedding = tinysam_random.embed(scene_image)
+    tinysam_random.decode(embedding, *tinysam_random.prompt_tokens(np.array([[[9.0, 9.0]], [[99.0, 9.0]]]),
+                                                                   np.ones((2, 1))))
+    assert fast_calls == []
+
+
+def test_fallback_for_mask_inputs(tinysam_random, scene_image, fast_calls):
+    """A dense embedding per prompt set (mask inputs) takes the general path."""
+    embedding = tinysam_random.embed(scene_image)
+    masks = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(6))
+    sparse, dense = tinysam_random.prompt_tokens(np.array([[[30.0, 40.0]]] * 3), np.ones((3, 1)), masks=masks)
+    assert dense.stride(0) != 0
+    low_res, iou = tinysam_random.decode(embedding, sparse, dense)
+    assert fast_calls == []
+    general = tinysam_random.run_decoder_general(embedding, sparse, dense, True)
+    torch.testing.assert_close(low_res, general[0], atol=0, rtol=0)
+    torch.testing.assert_close(iou, general[1], atol=0, rtol=0)
+
+
+def test_fallback_for_several_images(tinysam_random, scene_image, fast_calls):
+    """One image per prompt set takes the general path."""
+    images = [scene_image, np.ascontiguousarray(scene_image[::-1]), np.ascontiguousarray(scene_image[:, ::-1])]
+    embedding = tinysam_random.embed(images)
+    sparse, dense = tinysam_random.prompt_tokens(np.array([[[60.0, 60.0]]] * 3), np.ones((3, 1)))
+    low_res, iou = tinysam_random.decode(embedding, sparse, dense)
+    assert fast_calls == []
+    for row in range(3):
+        alone = tinysam_random.decode(embedding.select(row), sparse[row:row + 1], dense[row:row + 1])
+        torch.testing.assert_close(alone[0][0], low_res[row], atol=1e-5, rtol=1e-4)
+
+
+def test_fallback_for_long_prompt_sets(tinysam_random, scene_image, fast_calls):
+    """Past heads x tokens = the attention's inner width the factored stream stops paying: general path."""
+    decoder = tinysam_random.sam.mask_decoder
+    assert supports(decoder, 11) and not supports(decoder, 12)  # 5 output tokens + sparse ones, 8 heads, 128
+    embedding = tinysam_random.embed(scene_image)
+    tinysam_random.decode(embedding, torch.randn(4, 11, 256, generator=torch.Generator().manual_seed(7)))
+    assert fast_calls == [4]
+    tinysam_random.decode(embedding, torch.randn(4, 12, 256, generator=torch.Generator().manual_seed(7)))
+    assert fast_calls == [4]
