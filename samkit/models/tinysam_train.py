@@ -34,7 +34,7 @@ class PretrainConfig:
     steps: int = 2400
     scenes_per_step: int = 4
     targets_per_scene: int = 4
-    lr: float = 1e-3
+    lr: float = 3e-4  # 1e-3 stalls for ~1200 steps (box mIoU 0.08 at step 400 vs 0.32 with 3e-4)
     weight_decay: float = 0.05
     warmup_steps: int = 100
     stuff_share: float = 0.2  # share of targets that are background regions (sand, water, rock)
