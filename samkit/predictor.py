@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import torch
 
 from samkit.cache import EmbeddingCache, embedding_cache_for
 from samkit.errors import bad_argument
 from samkit.images import ImageLike, as_rgb_uint8, image_sha256
+from samkit.lru import LruCache
 from samkit.models.base import ImageEmbedding, SamAdapter
 
 
@@ -32,8 +31,7 @@ class Predictor:
         self.model = model
         self.disk_cache = (disk_cache if isinstance(disk_cache, EmbeddingCache)
                            else embedding_cache_for(model) if disk_cache else None)
-        self.memory: OrderedDict[str, ImageEmbedding] = OrderedDict()
-        self.memory_items = memory_items
+        self.memory = LruCache(memory_items)  # image sha256 -> ImageEmbedding
         self.encoder_calls = 0
         self.embedding: ImageEmbedding | None = None
         self.image_sha256: str | None = None
@@ -53,10 +51,7 @@ class Predictor:
             self.encoder_calls += 1
             if self.disk_cache is not None:
                 self.disk_cache.put(key, embedding)
-        self.memory[key] = embedding
-        self.memory.move_to_end(key)
-        while len(self.memory) > self.memory_items:
-            self.memory.popitem(last=False)
+        self.memory.put(key, embedding)
         self.embedding, self.image_sha256 = embedding, key
         return self
 

@@ -26,6 +26,23 @@ def photo() -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def tinysam_random():
+    """TinySAM's architecture with random weights (seeded)."""
+    import samkit
+
+    torch.manual_seed(0)
+    return samkit.load_model("tinysam", checkpoint="random", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def scene_image() -> np.ndarray:
+    """One ShapeScenes test scene with entities of every class set (256 x 256 RGB)."""
+    from samkit.datasets import ShapeScenes
+
+    return ShapeScenes("test", "all", n=1, seed=3)[0].image
+
+
+@pytest.fixture(scope="session")
 def official_checkpoints(tmp_path_factory):
     """`.pth` / `.pt` files for sam_vit_b and sam2.1_hiera_t with random weights, saved the way
     the official files are (a bare state_dict for SAM, {"model": state_dict} for SAM 2)."""

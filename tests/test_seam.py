@@ -10,17 +10,14 @@ import samkit
 from samkit.models.base import ImageEmbedding
 
 
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return samkit.load_model("tinysam", checkpoint="random", device="cpu")
+@pytest.fixture
+def model(tinysam_random):
+    return tinysam_random  # conftest: TinySAM's architecture, random weights
 
 
-@pytest.fixture(scope="module")
-def image():
-    from samkit.datasets import ShapeScenes
-
-    return ShapeScenes("test", "all", n=1, seed=3)[0].image
+@pytest.fixture
+def image(scene_image):
+    return scene_image
 
 
 def test_seam_shapes(model, image):

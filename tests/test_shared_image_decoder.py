@@ -23,21 +23,8 @@ IOU_ATOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def tinysam_random():
-    torch.manual_seed(0)
-    return samkit.load_model("tinysam", checkpoint="random", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def tinysam_trained():
     return samkit.load_model("tinysam", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def scene_image():
-    from samkit.datasets import ShapeScenes
-
-    return ShapeScenes("test", "all", n=1, seed=3)[0].image
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ this module ever runs the image encoder.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from samkit.errors import bad_argument
-from samkit.models.sam1 import SegmentAnythingAdapter
+from samkit.lru import LruCache
 from samkit.predictor import Predictor
 from samkit.widgets.state import Prompts, Snapshot
 
@@ -59,7 +58,7 @@ def prompt_arrays(prompts: Prompts) -> dict:
     return arguments
 
 
-class ChainMemo:
+class ChainMemo(LruCache):
     """Low-res logits of earlier predictions, keyed by the prompt history that produced them.
 
     With feed_mask on, the current masks depend on every earlier prompt set of the chain;
@@ -67,23 +66,7 @@ class ChainMemo:
     """
 
     def __init__(self, items: int = 256):
-        self.items = items
-        self.memory: OrderedDict[tuple, np.ndarray] = OrderedDict()
-
-    def get(self, key: tuple) -> np.ndarray | None:
-        value = self.memory.get(key)
-        if value is not None:
-            self.memory.move_to_end(key)
-        return value
-
-    def put(self, key: tuple, value: np.ndarray) -> None:
-        self.memory[key] = value
-        self.memory.move_to_end(key)
-        while len(self.memory) > self.items:
-            self.memory.popitem(last=False)
-
-    def clear(self) -> None:
-        self.memory.clear()
+        super().__init__(items)
 
 
 def _result_low_res(scores: np.ndarray, low_res: np.ndarray) -> np.ndarray:
@@ -106,29 +89,19 @@ def chain_mask_input(predictor: Predictor, snapshot: Snapshot, memo: ChainMemo) 
 
 
 def _decode_both(predictor: Predictor, arguments: dict, mask_input: np.ndarray | None) -> tuple:
-    """(masks, scores, low_res) of the 3 candidates and of the single mask.
-
-    SAM's decoder always computes all 4 mask tokens; `multimask` only picks which to return.
-    For `segment_anything` models (TinySAM, SAM) one decoder run therefore gives both outputs,
-    halving a click's cost; other adapters decode twice through `Predictor.predict`.
-    """
+    """(masks, scores, low_res) of the 3 candidates and of the single mask, from `model.decode_both`
+    (one decoder run where the model allows it)."""
     model = predictor.model
-    if not isinstance(model, SegmentAnythingAdapter):
-        multi = predictor.predict(**arguments, mask_input=mask_input, multimask=True)
-        single = predictor.predict(**arguments, mask_input=mask_input, multimask=False)
-        return multi, single
     embedding = predictor._require_image()
+    outputs = []
     with torch.inference_mode():
         sparse, dense = model.prompt_tokens(arguments.get("points"), arguments.get("labels"), arguments.get("box"),
                                             mask_input, original_size=embedding.original_sizes[0])
-        decoder = model.sam.mask_decoder
-        low_res, scores = decoder.predict_masks(embedding.image_embed.to(model.device),
-                                                model.sam.prompt_encoder.get_dense_pe(), sparse, dense)
-        logits = model.postprocess_masks(low_res, embedding.input_sizes[0], embedding.original_sizes[0])
-    masks, scores, low_res = ((logits[0] > model.mask_threshold).cpu().numpy(), scores[0].float().cpu().numpy(),
-                              model.low_res_output(low_res)[0].float().cpu().numpy())
-    # Token 0 is the single-mask output, tokens 1-3 the multimask candidates (as in MaskDecoder.forward).
-    return (masks[1:], scores[1:], low_res[1:]), (masks[:1], scores[:1], low_res[:1])
+        for low_res, scores in model.decode_both(embedding, sparse, dense):
+            logits = model.postprocess_masks(low_res, embedding.input_sizes[0], embedding.original_sizes[0])
+            outputs.append(((logits[0] > model.mask_threshold).cpu().numpy(), scores[0].float().cpu().numpy(),
+                            model.low_res_output(low_res)[0].float().cpu().numpy()))
+    return tuple(outputs)
 
 
 def predict_snapshot(predictor: Predictor, snapshot: Snapshot, memo: ChainMemo) -> ProbeResult | None:
