@@ -239,6 +239,19 @@ class SamAdapter(ABC):
         return self.run_decoder(embedding.to(self.device), sparse.to(self.device), dense.to(self.device),
                                 multimask)
 
+    def decode_both(
+        self,
+        embedding: ImageEmbedding,
+        sparse: torch.Tensor,
+        dense: torch.Tensor | None = None,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """Both outputs: ((B, 3, ...) candidates, (B, 3) IoU) and ((B, 1, ...) single mask, (B, 1) IoU).
+
+        Two decoder runs here; adapters whose decoder yields both from one run override it.
+        """
+        return (self.decode(embedding, sparse, dense, multimask=True),
+                self.decode(embedding, sparse, dense, multimask=False))
+
     token_dim: int = 256
 
     @abstractmethod

@@ -56,8 +56,15 @@ class SegmentAnythingAdapter(SamAdapter):
         height, width = encoder.image_embedding_size
         return encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, height, width)
 
+    def decode_both(self, embedding: ImageEmbedding, sparse: torch.Tensor, dense: torch.Tensor | None = None):
+        # SAM's decoder always computes all 4 mask tokens; `multimask` only picks which to return:
+        # token 0 is the single-mask output, tokens 1-3 the candidates (as in MaskDecoder.forward).
+        low_res, iou = self.decode(embedding, sparse, dense, multimask=None)
+        return (low_res[:, 1:], iou[:, 1:]), (low_res[:, :1], iou[:, :1])
+
     def run_decoder(self, embedding: ImageEmbedding, sparse: torch.Tensor, dense: torch.Tensor,
-                    multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                    multimask: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`multimask`: True the 3 candidates, False the single mask, None all 4 (single first)."""
         # Several prompt sets on one image with one dense embedding (clicks, boxes, learned tokens; no
         # mask input): the image side is shared, see shared_image_decoder. One or two prompt sets
         # have too little to share and keep the general path, which is then the cheaper one.
@@ -68,7 +75,7 @@ class SegmentAnythingAdapter(SamAdapter):
         return self.run_decoder_general(embedding, sparse, dense, multimask)
 
     def run_decoder_general(self, embedding: ImageEmbedding, sparse: torch.Tensor, dense: torch.Tensor,
-                            multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                            multimask: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder for any inputs (one image per prompt set, per-prompt dense embeddings)."""
         # MaskDecoder.predict_masks, with one change: the official code repeats a single image
         # embedding for every prompt set, so B images with B prompt sets (a training batch)
@@ -92,7 +99,7 @@ class SegmentAnythingAdapter(SamAdapter):
         masks = (hyper_in @ upscaled.view(batch, up_channels, up_height * up_width))
         masks = masks.view(batch, -1, up_height, up_width)
         iou_pred = decoder.iou_prediction_head(iou_token_out)
-        chosen = slice(1, None) if multimask else slice(0, 1)
+        chosen = slice(None) if multimask is None else slice(1, None) if multimask else slice(0, 1)
         return masks[:, chosen], iou_pred[:, chosen]
 
     def postprocess_masks(self, low_res: torch.Tensor, input_size: Size, original_size: Size) -> torch.Tensor:

@@ -122,7 +122,7 @@ def decode_shared_image(
     image_pe: Tensor,
     dense: Tensor,
     sparse: Tensor,
-    multimask: bool,
+    multimask: bool | None,
     chunk: int = DEFAULT_CHUNK,
     upscale_chunk: int = DEFAULT_UPSCALE_CHUNK,
 ) -> tuple[Tensor, Tensor]:
@@ -137,7 +137,8 @@ def decode_shared_image(
     pe = image_pe[0].flatten(1).transpose(0, 1)
     stage = _Shared(base, pe, [])
     output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    chosen = list(range(1, decoder.num_mask_tokens)) if multimask else [0]
+    chosen = (list(range(decoder.num_mask_tokens)) if multimask is None
+              else list(range(1, decoder.num_mask_tokens)) if multimask else [0])
     masks, ious = [], []
     for start in range(0, sparse.shape[0], chunk):
         part = sparse[start:start + chunk]
