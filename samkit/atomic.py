@@ -21,12 +21,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp_name, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     temp = Path(temp_name)
     try:
         yield temp
+        umask = os.umask(0)
+        os.umask(umask)
+        # mkstemp makes 0600 files, and writers that recreate the file keep that: give the usual mode.
+        os.chmod(temp, 0o666 & ~umask)
         with open(temp, "rb+") as written:  # flush to disk before the rename makes it visible
             os.fsync(written.fileno())
         os.replace(temp, path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -17,6 +18,8 @@ from safetensors.torch import save_file
 
 from samkit.atomic import atomic_path
 from samkit.checkpoints import cache_dir
+from samkit.images import ImageLike, as_rgb_uint8, image_sha256
+from samkit.lru import LruCache
 from samkit.models.base import ImageEmbedding
 
 
@@ -84,10 +87,63 @@ class EmbeddingCache:
 
 
 def embedding_cache_for(model, root: str | os.PathLike | None = None) -> EmbeddingCache | None:
-    """The disk cache for `model`, or None when its weights have no known sha256 (random weights)."""
-    if not model.checkpoint_sha256:
+    """The disk cache for `model`, or None when its weights have no known sha256 (random weights).
+
+    An image encoder carrying LoRA adapters no longer computes what its checkpoint computes,
+    so it gets no disk cache either (entries are keyed by the checkpoint's sha256).
+    """
+    encoder = getattr(model.module, "image_encoder", None)
+    adapted = encoder is not None and any("lora_" in name for name, _ in encoder.named_parameters())
+    if not model.checkpoint_sha256 or adapted:
         return None
     return EmbeddingCache(model.name, model.checkpoint_sha256, root)
 
 
-__all__ = ["EmbeddingCache", "embedding_cache_for"]
+class CachedEncoder:
+    """A frozen image encoder that runs once per distinct image: memory first, then disk.
+
+    `disk_cache=True` uses the model's disk cache when its weights are known (a sha256);
+    pass an `EmbeddingCache` to choose the folder, or False for memory only.
+    `encoder_calls` counts the images the encoder actually ran on.
+    """
+
+    def __init__(self, model, disk_cache: bool | EmbeddingCache = True, memory_items: int = 64):
+        self.model = model
+        self.disk_cache = (disk_cache if isinstance(disk_cache, EmbeddingCache)
+                           else embedding_cache_for(model) if disk_cache else None)
+        self.memory = LruCache(memory_items)  # image sha256 -> ImageEmbedding
+        self.encoder_calls = 0
+
+    def _lookup(self, key: str) -> ImageEmbedding | None:
+        embedding = self.memory.get(key)
+        if embedding is None and self.disk_cache is not None:
+            embedding = self.disk_cache.get(key)
+            if embedding is not None:
+                embedding = embedding.to(self.model.device)
+                self.memory.put(key, embedding)
+        return embedding
+
+    def embed(self, images: ImageLike | Sequence[ImageLike]) -> tuple[ImageEmbedding, list[str]]:
+        """Embeddings of one image or a list (one batch) and each image's sha256.
+
+        Images not cached yet are encoded together in one encoder call.
+        """
+        single = not isinstance(images, (list, tuple))
+        canonical = [as_rgb_uint8(image, "image" if single else f"images[{i}]")
+                     for i, image in enumerate([images] if single else images)]
+        keys = [image_sha256(image) for image in canonical]
+        found = {key: self._lookup(key) for key in set(keys)}
+        missing = [key for key in dict.fromkeys(keys) if found[key] is None]
+        if missing:
+            first_of = {key: keys.index(key) for key in missing}
+            encoded = self.model.embed([canonical[first_of[key]] for key in missing])
+            self.encoder_calls += len(missing)
+            for row, key in enumerate(missing):
+                found[key] = encoded.select(row)
+                self.memory.put(key, found[key])
+                if self.disk_cache is not None:
+                    self.disk_cache.put(key, found[key])
+        return ImageEmbedding.cat([found[key] for key in keys]), keys
+
+
+__all__ = ["CachedEncoder", "EmbeddingCache", "embedding_cache_for"]

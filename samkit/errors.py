@@ -20,3 +20,18 @@ def describe(value: Any) -> str:
 def bad_argument(name: str, expected: str, got: Any) -> ValueError:
     """The ValueError every public function raises for bad input."""
     return ValueError(f"{name}: expected {expected}, got {describe(got)}")
+
+
+def call_with(factory: Any, arguments: dict[str, Any], name: str) -> Any:
+    """`factory(**arguments)`, where an unknown or missing argument is a ValueError naming `name`.
+
+    For constructors fed from config files: the keys come from a user's YAML, so a typo must
+    say which entry it is in, not raise a bare TypeError from deep inside.
+    """
+    import inspect
+
+    try:
+        inspect.signature(factory).bind(**arguments)
+    except TypeError as error:
+        raise ValueError(f"{name}: {error}") from None
+    return factory(**arguments)

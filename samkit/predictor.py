@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from samkit.cache import EmbeddingCache, embedding_cache_for
+from samkit.cache import CachedEncoder, EmbeddingCache
 from samkit.errors import bad_argument
-from samkit.images import ImageLike, as_rgb_uint8, image_sha256
-from samkit.lru import LruCache
+from samkit.images import ImageLike
 from samkit.models.base import ImageEmbedding, SamAdapter
 
 
@@ -29,30 +28,23 @@ class Predictor:
         if not isinstance(model, SamAdapter):
             raise bad_argument("model", "a model from samkit.load_model(...) or a model name", model)
         self.model = model
-        self.disk_cache = (disk_cache if isinstance(disk_cache, EmbeddingCache)
-                           else embedding_cache_for(model) if disk_cache else None)
-        self.memory = LruCache(memory_items)  # image sha256 -> ImageEmbedding
-        self.encoder_calls = 0
+        self.encoder = CachedEncoder(model, disk_cache, memory_items)
         self.embedding: ImageEmbedding | None = None
         self.image_sha256: str | None = None
+
+    @property
+    def disk_cache(self) -> EmbeddingCache | None:
+        return self.encoder.disk_cache
+
+    @property
+    def encoder_calls(self) -> int:
+        """How often the image encoder ran (a cached image does not count)."""
+        return self.encoder.encoder_calls
 
     # ---- image -------------------------------------------------------------------------
     def set_image(self, image: ImageLike) -> Predictor:
         """Embed `image` (H x W x 3 uint8, grayscale, RGBA, float in [0, 1] or PIL)."""
-        canonical = as_rgb_uint8(image)
-        key = image_sha256(canonical)
-        embedding = self.memory.get(key)
-        if embedding is None and self.disk_cache is not None:
-            embedding = self.disk_cache.get(key)
-            if embedding is not None:
-                embedding = embedding.to(self.model.device)
-        if embedding is None:
-            embedding = self.model.embed(canonical)
-            self.encoder_calls += 1
-            if self.disk_cache is not None:
-                self.disk_cache.put(key, embedding)
-        self.memory.put(key, embedding)
-        self.embedding, self.image_sha256 = embedding, key
+        self.embedding, (self.image_sha256,) = self.encoder.embed(image)
         return self
 
     @property

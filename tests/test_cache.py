@@ -82,3 +82,16 @@ def test_two_processes_writing_the_same_key(tmp_path):
     cache = EmbeddingCache("tinysam", "c" * 64, tmp_path)
     assert cache.get("d" * 64) is not None  # a complete entry, whichever write won
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_an_image_encoder_with_lora_gets_no_disk_cache(tmp_path, monkeypatch):
+    from samkit.lora import add_lora
+
+    monkeypatch.setenv("SAMKIT_CACHE", str(tmp_path))
+    model = samkit.load_model("tinysam", device="cpu")
+    assert samkit.Predictor(model).disk_cache is not None
+    add_lora(model.module, rank=2, parts=("mask_decoder",))
+    assert samkit.Predictor(model).disk_cache is not None  # the encoder still computes its checkpoint's embeddings
+    model = samkit.load_model("tinysam", device="cpu")
+    add_lora(model.module, rank=2, parts=("image_encoder",))
+    assert samkit.Predictor(model).disk_cache is None

@@ -9,6 +9,16 @@ from samkit.datasets.shapescenes import (
     Scene,
     ShapeScenes,
 )
+from samkit.datasets.readers import BACKGROUND, BadDataError, BadDataWarning, Reader, Sample
+from samkit.datasets.folders import PARTS, FolderPairs
+from samkit.datasets.coco import CocoInstances, CocoPanoptic
+from samkit.datasets.fewshot import (
+    Episode,
+    FewShotPairs,
+    binary_mask,
+    fold_classes,
+    split_base_novel,
+)
 
 __all__ = [
     "ShapeScenes",
@@ -18,4 +28,18 @@ __all__ = [
     "BASE_CLASSES",
     "NOVEL_CLASSES",
     "VOCABULARY",
+    "Sample",
+    "Reader",
+    "BadDataError",
+    "BadDataWarning",
+    "BACKGROUND",
+    "FolderPairs",
+    "PARTS",
+    "CocoInstances",
+    "CocoPanoptic",
+    "Episode",
+    "FewShotPairs",
+    "binary_mask",
+    "fold_classes",
+    "split_base_novel",
 ]

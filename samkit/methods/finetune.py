@@ -1,0 +1,166 @@
+"""The `finetune` recipe: fine-tune SAM on base classes with box prompts, Dice on base and novel classes.
+
+This is the experiment behind CPC-SAM's Fig. 1a (base-class Dice keeps rising while
+novel-class Dice peaks early) and the baseline the other methods are compared with.
+What trains is a choice:
+
+- `trainable="lora"`: LoRA adapters (peft) on the attention projections of `lora_parts`
+  (CPC-SAM's setting: rank 4 on the mask decoder), plus any `unfreeze` prefixes;
+- `trainable="decoder"`: the whole mask decoder;
+- `trainable="prompt_adapter"`: a small residual MLP on the box prompt tokens, SAM frozen.
+
+Whenever the image encoder is frozen its embeddings come from `samkit.cache`, so only the
+first epoch runs the encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samkit.cache import CachedEncoder
+from samkit.datasets.specs import build_dataset
+from samkit.errors import bad_argument
+from samkit.lora import add_lora
+from samkit.metrics import dice
+from samkit.models.base import ImageEmbedding, SamAdapter
+from samkit.models.registry import load_model
+from samkit.prompts import jittered_box, tight_box
+from samkit.train.method import Method, register_method
+
+TRAINABLE = ("lora", "decoder", "prompt_adapter")
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice per mask, averaged: (K, H, W) logits against (K, H, W) {0, 1} targets."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2))
+    prob = logits.sigmoid()
+    soft_dice = 1 - (2 * (prob * target).sum((1, 2)) + 1) / (prob.sum((1, 2)) + target.sum((1, 2)) + 1)
+    return (bce + soft_dice).mean()
+
+
+class PromptAdapter(nn.Module):
+    """A residual 2-layer MLP on prompt tokens; zero-initialised output, so it starts as the identity."""
+
+    def __init__(self, dim: int = 256, hidden: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens + self.mlp(tokens)
+
+
+@register_method("finetune")
+class Finetune(Method):
+    """Box-prompted fine-tuning of SAM (see the module docstring).
+
+    train / eval_base / eval_novel: dataset specs (see `samkit.datasets.specs`); eval_novel may
+    be None for data sets without a novel split. instances_per_image: instances drawn per
+    training image per step. box_jitter: training boxes are jittered by this fraction of their
+    size (0 = tight boxes). Evaluation always uses tight boxes, every instance.
+    """
+
+    def __init__(self, train: dict[str, Any], eval_base: dict[str, Any], eval_novel: dict[str, Any] | None = None,
+                 model: str = "tinysam", checkpoint: str | None = None, trainable: str = "lora",
+                 lora_rank: int = 4, lora_parts: Sequence[str] = ("mask_decoder",), unfreeze: Sequence[str] = (),
+                 instances_per_image: int = 4, box_jitter: float = 0.0, eval_batch: int = 8,
+                 device: torch.device | str = "cpu"):
+        super().__init__()
+        if trainable not in TRAINABLE:
+            raise bad_argument("trainable", f"one of {TRAINABLE}", trainable)
+        self.adapter: SamAdapter = load_model(model, checkpoint=checkpoint, device=device)
+        self.sam = self.adapter.module  # registered here, so the trainer sees SAM's parameters
+        self.sam.requires_grad_(False)
+        self.prompt_adapter = PromptAdapter(self.adapter.token_dim) if trainable == "prompt_adapter" else None
+        if trainable == "lora":
+            add_lora(self.sam, rank=lora_rank, parts=lora_parts, unfreeze=unfreeze)
+        elif trainable == "decoder":
+            self.sam.mask_decoder.requires_grad_(True)
+        self.encoder_trains = trainable == "lora" and "image_encoder" in lora_parts
+        # A frozen encoder's embeddings are computed once; LoRA on the encoder makes them stale.
+        self.encoder = None if self.encoder_trains else CachedEncoder(self.adapter, memory_items=4096)
+        self.train_data = build_dataset(train, "train")
+        self.eval_data = {"base": build_dataset(eval_base, "eval_base")}
+        if eval_novel is not None:
+            self.eval_data["novel"] = build_dataset(eval_novel, "eval_novel")
+        self.instances_per_image, self.box_jitter, self.eval_batch = instances_per_image, box_jitter, eval_batch
+
+    def __len__(self) -> int:
+        return len(self.train_data)
+
+    # ---- data --------------------------------------------------------------------------
+    def train_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        sample = self.train_data[index]
+        masks = sample.instance_masks[sample.instance_masks.any(axis=(1, 2))]
+        chosen = rng.permutation(len(masks))[: self.instances_per_image]
+        masks = masks[np.sort(chosen)]
+        boxes = [jittered_box(m, rng, self.box_jitter) if self.box_jitter else tight_box(m) for m in masks]
+        return {"image": sample.image, "masks": masks, "boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4)}
+
+    # ---- model -------------------------------------------------------------------------
+    def embed(self, images: list[np.ndarray]) -> ImageEmbedding:
+        if self.encoder is None:
+            return self.adapter.embed(images, grad=self.training)
+        return self.encoder.embed(images)[0]
+
+    def mask_logits(self, embedding: ImageEmbedding, boxes: list[np.ndarray]) -> list[torch.Tensor]:
+        """Box prompts (one (K_i, 4) array per image) -> (K_i, H_i, W_i) mask logits per image."""
+        tokens = [self.adapter.prompt_tokens(boxes=b, original_size=size)
+                  for b, size in zip(boxes, embedding.original_sizes)]
+        sparse = torch.cat([t[0] for t in tokens])
+        dense = torch.cat([t[1] for t in tokens])
+        if self.prompt_adapter is not None:
+            sparse = self.prompt_adapter(sparse)
+        rows = [i for i, b in enumerate(boxes) for _ in range(len(b))]
+        low_res, _ = self.adapter.decode(embedding.select(rows), sparse, dense, multimask=False)
+        logits, start = [], 0
+        for i, b in enumerate(boxes):
+            part = low_res[start:start + len(b)]
+            start += len(b)
+            logits.append(self.adapter.postprocess_masks(part, embedding.input_sizes[i],
+                                                         embedding.original_sizes[i])[:, 0])
+        return logits
+
+    def forward(self, batch: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
+        """The mean over samples of each sample's mean instance loss.
+
+        Averaging per sample, not per instance, makes a batch's loss the mean of its
+        micro-batches' losses, so accumulation and DDP (which average) give the same step.
+        """
+        present = [sample for sample in batch if len(sample["masks"])]
+        if not present:  # no instance of a kept class: a zero loss that still reaches every weight (DDP)
+            return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad), {}
+        embedding = self.embed([sample["image"] for sample in present])
+        logits = self.mask_logits(embedding, [sample["boxes"] for sample in present])
+        losses = [mask_loss(x, torch.as_tensor(sample["masks"]).to(x)) for x, sample in zip(logits, present)]
+        return torch.stack(losses).sum() / len(batch), {}
+
+    # ---- evaluation --------------------------------------------------------------------
+    @torch.no_grad()
+    def dice_on(self, data) -> float:
+        """Mean Dice over every instance of `data`, each prompted with its tight box."""
+        scores = []
+        for start in range(0, len(data), self.eval_batch):
+            samples = [data[i] for i in range(start, min(len(data), start + self.eval_batch))]
+            samples = [s for s in samples if s.instance_masks.any()]
+            if not samples:
+                continue
+            masks = [s.instance_masks[s.instance_masks.any(axis=(1, 2))] for s in samples]
+            embedding = self.embed([s.image for s in samples])
+            logits = self.mask_logits(embedding, [np.stack([tight_box(m) for m in ms]) for ms in masks])
+            for predicted, truth in zip(logits, masks):
+                scores.extend(np.atleast_1d(dice((predicted > self.adapter.mask_threshold).cpu().numpy(), truth)))
+        return float(np.mean(scores)) if scores else float("nan")  # nan: no instance of these classes
+
+    def evaluate(self) -> dict[str, float]:
+        return {f"dice_{name}": self.dice_on(data) for name, data in self.eval_data.items()}
+
+    def describe(self) -> str:
+        return f"finetune {self.adapter.name}: " + super().describe()

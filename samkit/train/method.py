@@ -1,0 +1,79 @@
+"""What a method hands the trainer: a module that knows its data, its loss and its evaluation.
+
+The trainer owns the loop (order of samples, devices, precision, optimiser, checkpoints,
+processes); a method owns what is specific to a paper:
+
+    class MyMethod(Method):
+        def __len__(self): ...                      # training samples per epoch
+        def train_sample(self, index, rng): ...     # one prepared sample (CPU, no grad)
+        def forward(self, batch): ...               # -> (loss, {"name": float, ...})
+        def evaluate(self): ...                     # -> {"dice_base": ..., ...}
+
+Only parameters with `requires_grad` train and are saved in checkpoints; frozen parts are
+rebuilt from the config when a run resumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from samkit.errors import bad_argument, call_with
+
+
+class Method(nn.Module):
+    """Base class of every trainable method (see the module docstring)."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def train_sample(self, index: int, rng: np.random.Generator) -> Any:
+        """Sample `index` of the training set, with its random prompts drawn from `rng`.
+
+        `rng` depends only on (seed, epoch, index), so the sample is the same whatever the
+        number of processes or whether the run was resumed.
+        """
+        raise NotImplementedError
+
+    def collate(self, samples: list[Any]) -> Any:
+        """Samples -> the batch `forward` takes (default: the list itself)."""
+        return samples
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """The training loss of one micro-batch (a mean over its samples) and values to log."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Evaluation metrics (called in eval mode, on the first process only)."""
+        return {}
+
+    def describe(self) -> str:
+        """One line for the log: what trains."""
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return f"{type(self).__name__}: {trainable:,} trainable of {total:,} parameters"
+
+
+METHODS: dict[str, Callable[..., Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: make a Method buildable from a config's `method: name`."""
+    def register(cls: type[Method]) -> type[Method]:
+        METHODS[name] = cls
+        return cls
+    return register
+
+
+def build_method(name: str, args: dict[str, Any], device: torch.device) -> Method:
+    """The method registered as `name`, built with `args` from the config."""
+    import samkit.methods  # noqa: F401  (registers the kit's methods)
+
+    if name not in METHODS:
+        raise bad_argument("method", f"one of {sorted(METHODS)}", name)
+    return call_with(METHODS[name], {**args, "device": device}, f"method_args of {name!r}")
