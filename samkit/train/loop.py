@@ -187,6 +187,7 @@ def fit(config: TrainConfig | str | dict, overrides: list[str] | None = None, re
         bar = tqdm(steps, desc=f"epoch {epoch + 1}/{config.epochs}", initial=position["step"],
                    total=steps_per_epoch, disable=not (config.progress and processes.is_main), leave=False)
         for step in bar:
+            method.global_step = position["global_step"]
             for micro in range(config.grad_accum):
                 # Seeded per micro-batch, so dropout draws do not depend on how the run was split.
                 torch.manual_seed(_seed_of(config.seed, epoch, step, micro * processes.world + processes.rank))
@@ -199,8 +200,9 @@ def fit(config: TrainConfig | str | dict, overrides: list[str] | None = None, re
                 for key, value in {"loss": float(loss.detach()), **logs}.items():
                     position["sums"][key] = position["sums"].get(key, 0.0) + float(value)
                 position["count"] += 1
+            method.before_optimizer_step()
             if config.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(parameters, config.clip_grad_norm)
+                torch.nn.utils.clip_grad_norm_([p for p in parameters if p.grad is not None], config.clip_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

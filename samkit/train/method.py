@@ -47,6 +47,15 @@ class Method(nn.Module):
         """The training loss of one micro-batch (a mean over its samples) and values to log."""
         raise NotImplementedError
 
+    global_step: int = 0  # set by the trainer before each optimiser step (alternating methods read it)
+
+    def before_optimizer_step(self) -> None:
+        """Called after the backward passes of a step, before clipping and the optimiser step.
+
+        A method that optimises in levels (CPC-SAM's bi-level loop) sets `p.grad = None` here
+        for the parameters that must not move in this step: optimisers skip them entirely.
+        """
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Evaluation metrics (called in eval mode, on the first process only)."""

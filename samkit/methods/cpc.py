@@ -1,0 +1,253 @@
+"""CPC-SAM: causal prompt calibration (CaPL) and bi-level fine-tuning of SAM (CVPR 2025).
+
+The paper's authors did not release CaPL (their public repository is a fork of BLO-SAM without
+random-annotation prompts or the consistency loss); this module implements the paper as
+written, with the reading of the under-specified parts stated where they are made.
+
+CaPL, f_theta, has two parts:
+- the **task causal module** re-weights each prompt token with a 2-layer MLP. It is trained on
+  N_t = 2 random-annotation prompt sets per sample, so only what the sets agree on (the
+  object, not the annotator's error) helps all of them: Eq. 1.
+- the **entity causal module** outputs a calibration Xi of the decoder's token-to-image and
+  image-to-token attention (zero on prompt-prompt attention), sparse through an L1 penalty,
+  and trained so that each entity's prompt attends to that entity: Eq. 2. Here Xi is a
+  low-rank bilinear map of (prompt token, image feature), added to the attention logits.
+
+SAM (LoRA) and CaPL are optimised in turn (Eq. 3 and Eq. 4): even steps move CaPL on
+L_CaPL = L_task + L_entity, odd steps move SAM's LoRA on L_SAM + lambda_en * L_entity. This is
+the usual first-order, alternating reading of the bi-level objective.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from samkit.errors import bad_argument
+from samkit.methods.finetune import Finetune, mask_loss
+from samkit.models.base import ImageEmbedding
+from samkit.prompts import random_annotation_box
+from samkit.train.method import register_method
+
+VARIANTS = ("fixed", "learnable", "task", "causal")  # Fig. 6: the prompt types compared
+
+
+class TaskCausalModule(nn.Module):
+    """Re-weights prompt tokens: t' = w(t) * t with w = 2 sigmoid(MLP(t)) in (0, 2); w = 1 at start."""
+
+    def __init__(self, dim: int = 256, hidden: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return tokens * 2 * torch.sigmoid(self.mlp(tokens))
+
+
+class EntityCausalModule(nn.Module):
+    """One attention calibration Xi per cross-attention of the decoder.
+
+    Xi[b, n, p] = <g(token_n), h(pixel_p)> / sqrt(rank) for prompt tokens n and image pixels p;
+    rows of SAM's own output tokens are zero (only prompt-image similarities are calibrated).
+    """
+
+    def __init__(self, attentions: int, dim: int = 256, rank: int = 16):
+        super().__init__()
+        self.rank = rank
+        self.token_maps = nn.ModuleList(nn.Linear(dim, rank) for _ in range(attentions))
+        self.pixel_maps = nn.ModuleList(nn.Linear(dim, rank) for _ in range(attentions))
+        for layer in self.token_maps:  # Xi = 0 at start: SAM's own attention
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, prompt_tokens: Tensor, image_embed: Tensor, output_tokens: int) -> list[Tensor]:
+        """(B, N, C) prompt tokens, (B, C, h, w) image -> a (B, output_tokens + N, h*w) Xi per attention."""
+        pixels = image_embed.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        xis = []
+        for token_map, pixel_map in zip(self.token_maps, self.pixel_maps):
+            xi = token_map(prompt_tokens) @ pixel_map(pixels).transpose(1, 2) / math.sqrt(self.rank)
+            xis.append(F.pad(xi, (0, 0, output_tokens, 0)))  # zero rows for SAM's output tokens
+        return xis
+
+
+class CalibratedAttention(nn.Module):
+    """segment_anything's Attention, with Xi added to its logits (and the attention kept)."""
+
+    def __init__(self, attention: nn.Module, xi: Tensor, transpose: bool):
+        super().__init__()
+        self.attention, self.xi, self.transpose = attention, xi, transpose
+        self.weights: Tensor | None = None
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        a = self.attention
+        q = a._separate_heads(a.q_proj(q), a.num_heads)
+        k = a._separate_heads(a.k_proj(k), a.num_heads)
+        v = a._separate_heads(a.v_proj(v), a.num_heads)
+        logits = q @ k.transpose(2, 3) / math.sqrt(q.shape[-1])
+        xi = self.xi.transpose(1, 2) if self.transpose else self.xi  # image-to-token sees Xi transposed
+        self.weights = torch.softmax(logits + xi[:, None], dim=-1)
+        return a.out_proj(a._recombine_heads(self.weights @ v))
+
+
+def cross_attentions(decoder: nn.Module) -> list[tuple[nn.Module, str, bool]]:
+    """(owner, attribute, image_to_token) of every cross-attention of SAM's two-way transformer."""
+    transformer = decoder.transformer
+    found = []
+    for layer in transformer.layers:
+        found += [(layer, "cross_attn_token_to_image", False), (layer, "cross_attn_image_to_token", True)]
+    return found + [(transformer, "final_attn_token_to_image", False)]
+
+
+@contextmanager
+def calibrated(decoder: nn.Module, xis: Sequence[Tensor]) -> Iterator[CalibratedAttention]:
+    """Within the block, the decoder's cross-attentions add Xi (Eq. 2); yields the final one."""
+    places = cross_attentions(decoder)
+    originals = [getattr(owner, name) for owner, name, _ in places]
+    wrapped = [CalibratedAttention(original, xi, transpose)
+               for original, xi, (_, _, transpose) in zip(originals, xis, places)]
+    try:
+        for (owner, name, _), module in zip(places, wrapped):
+            setattr(owner, name, module)
+        yield wrapped[-1]
+    finally:
+        for (owner, name, _), original in zip(places, originals):
+            setattr(owner, name, original)
+
+
+def attention_loss(attention: Tensor, masks: Tensor, output_tokens: int) -> Tensor:
+    """L_SAM(Xi^e) of Eq. 2: cross-entropy of each entity's mask (as a distribution over
+    pixels) under its prompt tokens' attention to the image (heads and tokens averaged).
+
+    attention: (B, heads, tokens, h*w); masks: (B, h, w) entity masks at the embedding's size.
+    """
+    attended = attention[:, :, output_tokens:].mean(dim=(1, 2))  # (B, h*w), sums to 1
+    target = masks.flatten(1)
+    target = target / target.sum(1, keepdim=True).clamp(min=1e-6)
+    return -(target * attended.clamp(min=1e-8).log()).sum(1).mean()
+
+
+@register_method("cpc")
+class CausalPromptCalibration(Finetune):
+    """CPC-SAM on top of the `finetune` recipe (same data specs, LoRA settings and evaluation).
+
+    variant: "causal" (CaPL: task + entity modules, bi-level), "task" (task module only),
+    "learnable" (a learned token added to the prompts, trained with SAM, no causal losses) or
+    "fixed" (plain box prompts: the finetune baseline). n_sets: N_t random-annotation prompt
+    sets per sample. lambda_xi and lambda_en: the weights of Eq. 2 and Eq. 4.
+    """
+
+    def __init__(self, train: dict[str, Any], eval_base: dict[str, Any], eval_novel: dict[str, Any] | None = None,
+                 variant: str = "causal", n_sets: int = 2, lambda_xi: float = 0.4, lambda_en: float = 0.6,
+                 xi_rank: int = 16, **finetune_args: Any):
+        if variant not in VARIANTS:
+            raise bad_argument("variant", f"one of {VARIANTS}", variant)
+        if not isinstance(n_sets, int) or n_sets < 1:
+            raise bad_argument("n_sets", "an int >= 1", n_sets)
+        super().__init__(train, eval_base, eval_novel, **finetune_args)
+        self.variant, self.n_sets, self.lambda_xi, self.lambda_en = variant, n_sets, lambda_xi, lambda_en
+        dim = self.adapter.token_dim
+        self.output_tokens = self.sam.mask_decoder.num_mask_tokens + 1  # IoU token + mask tokens
+        self.task_module = TaskCausalModule(dim) if variant in ("task", "causal") else None
+        self.entity_module = (EntityCausalModule(len(cross_attentions(self.sam.mask_decoder)), dim, xi_rank)
+                              if variant == "causal" else None)
+        self.learned_token = nn.Parameter(torch.zeros(1, 1, dim)) if variant == "learnable" else None
+        self.use_capl = True  # False: the same fine-tuned SAM on raw prompts (a control at test time)
+        self.capl_names = {name for name, p in self.named_parameters()
+                           if p.requires_grad and name.split(".")[0] in ("task_module", "entity_module")}
+
+    # ---- data: N_t random-annotation prompt sets per sample ---------------------------------
+    def train_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        sample = self.train_data[index]
+        masks = sample.instance_masks[sample.instance_masks.any(axis=(1, 2))]
+        masks = masks[np.sort(rng.permutation(len(masks))[: self.instances_per_image])]
+        boxes = [[random_annotation_box(m, rng) for m in masks] for _ in range(self.n_sets)]
+        return {"image": sample.image, "masks": masks,
+                "boxes": np.array(boxes, dtype=np.float32).reshape(self.n_sets, -1, 4)}
+
+    # ---- the causal prompt ---------------------------------------------------------------------
+    def calibrated_logits(self, embedding: ImageEmbedding, boxes: list[np.ndarray]
+                          ) -> tuple[list[Tensor], Tensor | None, list[Tensor]]:
+        """Box prompts -> CaPL -> decoder: per-image mask logits, the final token-to-image
+        attention (for Eq. 2) and the Xi maps (for the L1 penalty)."""
+        tokens = [self.adapter.prompt_tokens(boxes=b, original_size=size)
+                  for b, size in zip(boxes, embedding.original_sizes)]
+        sparse, dense = torch.cat([t[0] for t in tokens]), torch.cat([t[1] for t in tokens])
+        if self.task_module is not None and self.use_capl:
+            sparse = self.task_module(sparse)  # the task causal module's re-weighting (Eq. 1)
+        if self.learned_token is not None and self.use_capl:
+            sparse = sparse + self.learned_token
+        rows = [i for i, b in enumerate(boxes) for _ in range(len(b))]
+        per_prompt = embedding.select(rows)
+        if self.entity_module is None or not self.use_capl:
+            low_res, _ = self.adapter.decode(per_prompt, sparse, dense, multimask=False)
+            return self._to_images(low_res, embedding, boxes), None, []
+        xis = self.entity_module(sparse, per_prompt.image_embed.to(sparse), self.output_tokens)
+        with calibrated(self.sam.mask_decoder, xis) as final_attention:  # Eq. 2's calibration
+            low_res, _ = self.adapter.decode(per_prompt, sparse, dense, multimask=False)
+        return self._to_images(low_res, embedding, boxes), final_attention.weights, xis
+
+    def _to_images(self, low_res: Tensor, embedding: ImageEmbedding, boxes: list[np.ndarray]) -> list[Tensor]:
+        logits, start = [], 0
+        for i, b in enumerate(boxes):
+            part = low_res[start:start + len(b)]
+            start += len(b)
+            logits.append(self.adapter.postprocess_masks(part, embedding.input_sizes[i],
+                                                         embedding.original_sizes[i])[:, 0])
+        return logits
+
+    def mask_logits(self, embedding: ImageEmbedding, boxes: list[np.ndarray]) -> list[Tensor]:
+        """What evaluation calls: the calibrated model on any box prompts."""
+        return self.calibrated_logits(embedding, boxes)[0]
+
+    # ---- losses (Eq. 1 to 4) --------------------------------------------------------------------
+    def forward(self, batch: list[dict[str, Any]]) -> tuple[Tensor, dict[str, float]]:
+        present = [s for s in batch if len(s["masks"])]
+        if not present:
+            return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad), {}
+        embedding = self.embed([s["image"] for s in present])
+        # All N_t prompt sets of all images in one decoder call: set i of image j is row (i, j).
+        images = [j for _ in range(self.n_sets) for j in range(len(present))]
+        boxes = [present[j]["boxes"][i] for i in range(self.n_sets) for j in range(len(present))]
+        logits, attention, xis = self.calibrated_logits(embedding.select(images), boxes)
+        masks = [torch.as_tensor(present[j]["masks"]).to(logits[0]) for j in images]
+        per_set = torch.stack([mask_loss(x, m) for x, m in zip(logits, masks)]).view(self.n_sets, -1)
+        # Eq. 1: L_task = sum over the N_t prompt sets of L_SAM (each set's loss a mean over images)
+        loss_task = per_set.sum(0).sum() / len(batch)
+        loss_sam = per_set.mean(0).sum() / len(batch)  # Eq. 3: SAM's segmentation loss
+        logs = {"loss_sam": float(loss_sam.detach())}
+        if attention is None:  # fixed / learnable / task variants: no entity module, one level
+            return (loss_task if self.task_module is not None else loss_sam), logs
+        # Eq. 2: L_entity = sum_e L_SAM(Xi^e) + lambda_Xi ||Xi^e||_1, one entity per prompt set
+        size = embedding.image_embed.shape[-2:]
+        small_masks = torch.cat([F.interpolate(m[:, None], size=size, mode="area")[:, 0] for m in masks])
+        l1 = torch.stack([xi.abs().mean() for xi in xis]).sum()
+        loss_entity = attention_loss(attention, small_masks, self.output_tokens) + self.lambda_xi * l1
+        logs.update(loss_entity=float(loss_entity.detach()), xi_l1=float(l1.detach()))
+        if self.capl_step:  # Eq. 4's lower level: theta' = argmin L_CaPL = L_task + L_entity
+            return loss_task + loss_entity, logs
+        return loss_sam + self.lambda_en * loss_entity, logs  # Eq. 4's upper level, for SAM (LoRA)
+
+    @property
+    def capl_step(self) -> bool:
+        """Bi-level alternation: even optimiser steps move CaPL, odd steps move SAM."""
+        return self.entity_module is not None and self.global_step % 2 == 0
+
+    def before_optimizer_step(self) -> None:
+        if self.entity_module is None:
+            return
+        for name, parameter in self.named_parameters():
+            if parameter.requires_grad and (name in self.capl_names) != self.capl_step:
+                parameter.grad = None  # the other level's parameters stay where they are
+
+    def describe(self) -> str:
+        capl = sum(p.numel() for n, p in self.named_parameters() if n in self.capl_names)
+        return f"cpc ({self.variant}, CaPL {capl:,} parameters) " + super().describe()
+
