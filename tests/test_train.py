@@ -245,3 +245,29 @@ def test_full_recipe_config_runs_on_data_in_the_celebamask_layout(tmp_path, monk
     history = fit(config)
     assert 0 <= history["dice_base"][0] <= 1 and 0 <= history["dice_novel"][0] <= 1
     assert (tmp_path / "run" / "best.safetensors").exists()
+
+
+# ---- data specs ------------------------------------------------------------------------------
+
+def test_dataset_specs_build_views_and_name_bad_entries():
+    from samkit.datasets.specs import build_dataset
+
+    scenes = build_dataset({"kind": "shapescenes", "split": "val", "classes": "all", "n": 6, "size": 64,
+                            "take": [2, 5], "keep_classes": ["starfish", "crab", "pebble"]})
+    assert len(scenes) == 3
+    for sample in scenes:
+        assert set(sample.class_names) <= {"starfish", "crab", "pebble"}
+        assert len(sample.instance_masks) == len(sample.instance_classes)
+    with pytest.raises(ValueError, match="train.kind"):
+        build_dataset({"kind": "imagenet"}, "train")
+    with pytest.raises(ValueError, match="eval_base"):
+        build_dataset({"kind": "shapescenes", "splt": "val"}, "eval_base")
+    with pytest.raises(ValueError, match="take"):
+        build_dataset({"kind": "shapescenes", "n": 4, "take": [5, 9]})
+
+
+def test_prompt_adapter_trains_only_the_adapter(tmp_path):
+    config = tiny_config(tmp_path, epochs=1, eval_every=0)
+    config["method_args"]["trainable"] = "prompt_adapter"
+    fit(config)
+    assert all(name.startswith("prompt_adapter.") for name in final_weights(tmp_path))
