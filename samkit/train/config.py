@@ -35,7 +35,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | cosine | linear (decay to zero over the run)
+    schedule: str = "constant"  # constant | cosine | linear | poly (decay to zero over the run; poly power 0.9)
     warmup_steps: int = 0
     clip_grad_norm: float | None = 1.0
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
@@ -56,7 +56,7 @@ class TrainConfig:
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
             "optimizer": self.optimizer in ("adam", "adamw", "sgd"),
-            "schedule": self.schedule in ("constant", "cosine", "linear"),
+            "schedule": self.schedule in ("constant", "cosine", "linear", "poly"),
             "precision": self.precision in ("auto", "bf16", "fp32"),
             "best_mode": self.best_mode in ("max", "min"), "lr": self.lr > 0,
             "warmup_steps": self.warmup_steps >= 0, "checkpoint_every": self.checkpoint_every >= 0,
@@ -65,7 +65,7 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 expected = {
-                    "optimizer": "adam, adamw or sgd", "schedule": "constant, cosine or linear",
+                    "optimizer": "adam, adamw or sgd", "schedule": "constant, cosine, linear or poly",
                     "precision": "auto, bf16 or fp32", "best_mode": "max or min", "lr": "a positive number",
                 }.get(name, "an int >= 1" if name in ("epochs", "batch_size", "grad_accum") else "a number >= 0")
                 raise bad_argument(name, expected, getattr(self, name))
