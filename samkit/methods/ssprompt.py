@@ -1,0 +1,571 @@
+"""SSPrompt: learn SAM's spatial and semantic prompts in embedding space (Huang et al., SSPrompt).
+
+Equation numbers are the paper's (`../shared/papers/ssprompt_003_*.txt`). The paper runs on SEEM;
+SAM has no text prompt encoder and is class-agnostic, so here SAM gets the frozen text prompt
+encoder of `samkit.models.text_prompts` and becomes a semantic segmenter like this (Eq. 2):
+
+- default spatial prompts Z_default^S: N positive clicks on a grid, through SAM's frozen prompt
+  encoder (plus the padding token SAM appends when there is no box, kept fixed);
+- default semantic prompts Z_default^T: one token per class name from the text prompt encoder;
+- the semantic head: class c's prompt set [z_c^T, Z^S] goes through the frozen mask decoder and
+  its single-mask output is class c's logit map; every class of every image is decoded in one
+  batched call; the per-pixel argmax over the classes (background "stuff" included) is the
+  prediction, and pixel-wise cross-entropy is the loss (Eq. 9).
+
+What trains (everything else is frozen), as `variant`:
+- "spaprompt" (Eq. 4-5): N learnable embeddings and N weights w = sigmoid(a) for the clicks;
+- "semprompt" (Eq. 6-7): C learnable embeddings and C weights for the class tokens;
+- "ssprompt" (Eq. 8-9): both; "average": both embeddings with w fixed at 0.5 (Table 5's
+  "learnable embedding, averaged with the default"); "spatial_average", "semantic_average":
+  one kind only; "default": nothing (zero-shot, Eq. 2);
+- "vspl" (Table 8): the N clicks' (x, y) positions themselves, through the frozen prompt encoder.
+
+Two readings the paper leaves open, taken here:
+- learnable embeddings start as copies of the defaults, so every variant starts from the default
+  prompts' prediction; weights start at w = 0.5 (a = 0);
+- Eq. 4/6 give w to the *learned* embedding; the paper's prose ("learnable weights to weight the
+  default prompt embeddings") and its reading of Fig. 3b suggest the plotted weight is the one on
+  the default. `semantic_weights()` returns w as in Eq. 6; 1 - w is the weight on the default.
+  Note also that w * z_hat + (1 - w) * z = z + w (z_hat - z): with z_hat free, only the product
+  w (z_hat - z) is determined by the loss, so w is set by the optimiser's path and weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from samkit.cache import CachedEncoder
+from samkit.checkpoints import CheckpointError
+from samkit.datasets import STUFF_CLASSES, VOCABULARY, ShapeScenes
+from samkit.datasets.readers import BACKGROUND, Reader, make_sample, read_image, read_rgb
+from samkit.datasets.specs import build_dataset
+from samkit.errors import bad_argument, call_with
+from samkit.models.base import ImageEmbedding, SamAdapter, Size
+from samkit.models.registry import load_model
+from samkit.models.text_prompts import TextPromptEncoder, text_prompt_cache_path
+from samkit.train.method import Method, register_method
+
+IGNORE = -1  # label of pixels that count for nothing (unlabelled, padding)
+FUSIONS = ("fixed", "average", "weighted")
+VARIANTS: dict[str, tuple[str, str]] = {  # variant -> (how the clicks are made, how the class tokens are)
+    "default": ("fixed", "fixed"),  # Eq. 2
+    "spatial_average": ("average", "fixed"),
+    "spaprompt": ("weighted", "fixed"),  # Eq. 4-5
+    "semantic_average": ("fixed", "average"),
+    "semprompt": ("fixed", "weighted"),  # Eq. 6-7
+    "average": ("average", "average"),
+    "ssprompt": ("weighted", "weighted"),  # Eq. 8-9
+    "vspl": ("coordinates", "fixed"),  # Table 8
+}
+EMBEDDING_INITS = ("default", "random")
+# How the text prompt projection is fitted when a config does not say (the class profile's recipe).
+# Seed 7: scenes that neither TinySAM's pre-training (seed 0) nor the experiments draw.
+TEXT_PROMPT_RECIPE: dict[str, Any] = {
+    "encoder": "minilm", "steps": 48, "batch": 2, "lr": 5e-2, "seed": 0,
+    "data": {"kind": "shapescenes", "split": "train", "classes": "all", "n": 160, "seed": 7},
+}
+
+
+# ---- Eq. 4 / Eq. 6: the fusion ------------------------------------------------------------
+def fuse(default: torch.Tensor, learned: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Eq. 4 / Eq. 6: w_k * learned_k + (1 - w_k) * default_k for each of K (K, D) embeddings."""
+    if default.shape != learned.shape or weights.shape != default.shape[:-1]:
+        raise bad_argument("weights", f"one weight per embedding, shape {tuple(default.shape[:-1])}, with "
+                           f"default and learned of one shape {tuple(default.shape)}", weights)
+    w = weights[..., None]
+    return w * learned + (1 - w) * default
+
+
+class PromptFusion(nn.Module):
+    """K prompt embeddings: the defaults as they are ("fixed"), or fused with K learnable
+    embeddings by Eq. 4/6 with w fixed at 0.5 ("average") or w = sigmoid(a) learned ("weighted")."""
+
+    def __init__(self, init: torch.Tensor, mode: str = "weighted", embedding_init: str = "default"):
+        super().__init__()
+        if mode not in FUSIONS:
+            raise bad_argument("mode", f"one of {FUSIONS}", mode)
+        if embedding_init not in EMBEDDING_INITS:
+            raise bad_argument("embedding_init", f"one of {EMBEDDING_INITS}", embedding_init)
+        if not torch.is_tensor(init) or init.ndim != 2:
+            raise bad_argument("init", "default embeddings of shape (K, D)", init)
+        self.mode = mode
+        self.learned: nn.Parameter | None = None
+        if mode == "fixed":
+            self.weight_logits = None
+            return
+        start = init.detach().clone() if embedding_init == "default" else torch.randn_like(init) * init.std()
+        self.learned = nn.Parameter(start)  # z_hat
+        logits = torch.zeros(init.shape[0], device=init.device)  # a = 0: w = 0.5
+        if mode == "weighted":
+            self.weight_logits = nn.Parameter(logits)
+        else:
+            self.register_buffer("weight_logits", logits)
+
+    def weights(self) -> torch.Tensor | None:
+        """w in [0, 1], one per embedding (None for "fixed")."""
+        return None if self.weight_logits is None else torch.sigmoid(self.weight_logits)
+
+    def forward(self, default: torch.Tensor) -> torch.Tensor:
+        if self.learned is None:
+            return default
+        return fuse(default, self.learned, self.weights())
+
+
+# ---- spatial prompts: clicks through SAM's frozen prompt encoder --------------------------
+def point_grid(n: int) -> np.ndarray:
+    """(n, 2) click positions (x, y) as fractions of the image: a sqrt(n) x sqrt(n) grid of cell centres."""
+    side = math.isqrt(n) if isinstance(n, int) and n > 0 else 0
+    if side * side != n:
+        raise bad_argument("spatial_points", "a square number (a grid of points, e.g. 100)", n)
+    centres = (np.arange(side) + 0.5) / side
+    xs, ys = np.meshgrid(centres, centres)
+    return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+
+
+def click_tokens(adapter: SamAdapter, fractions: torch.Tensor, input_size: Size) -> torch.Tensor:
+    """Z^S = Encoder^S(X^S): positive clicks at `fractions` (N, 2) of an image that fills `input_size`
+    of SAM's input frame, through SAM's prompt encoder -> (N + extra, D); SAM appends a padding
+    token when no box is given. Differentiable in `fractions` (VSPL optimises them): the clicks are
+    placed in the input frame directly, since mapping original pixels there goes through numpy."""
+    height, width = input_size
+    scale = torch.tensor([width, height], dtype=torch.float32, device=fractions.device)
+    labels = torch.ones(fractions.shape[0], dtype=torch.int64)
+    sparse, _ = adapter.prompt_tokens(points=fractions * scale, labels=labels)
+    return sparse[0]
+
+
+class LearnedClicks(nn.Module):
+    """VSPL: the clicks' positions are the parameters; fractions = sigmoid(logits) stay inside the image."""
+
+    def __init__(self, fractions: np.ndarray):
+        super().__init__()
+        self.logits = nn.Parameter(torch.logit(torch.as_tensor(fractions, dtype=torch.float32)))
+
+    def fractions(self) -> torch.Tensor:
+        return torch.sigmoid(self.logits)
+
+
+# ---- the semantic head and Eq. 9 -------------------------------------------------------------
+def class_mask_logits(adapter: SamAdapter, embedding: ImageEmbedding, semantic: torch.Tensor,
+                      spatial: torch.Tensor) -> torch.Tensor:
+    """Every class's mask logits on every image, from ONE decoder call: (B, C, h, w) low-res logits.
+
+    semantic: (C, D) class tokens; spatial: (B, S, D) each image's spatial tokens. Class c's prompt
+    set on image b is [semantic[c], spatial[b]] (Eq. 8); its single-mask output is class c's map.
+    """
+    batch, classes = len(embedding), semantic.shape[0]
+    if spatial.ndim != 3 or spatial.shape[0] != batch or spatial.shape[-1] != semantic.shape[-1]:
+        raise bad_argument("spatial", f"spatial tokens of shape ({batch}, S, {semantic.shape[-1]})", spatial)
+    tokens = torch.cat([semantic[None, :, None, :].expand(batch, -1, -1, -1),
+                        spatial[:, None].expand(-1, classes, -1, -1)], dim=2)
+    rows = [b for b in range(batch) for _ in range(classes)]
+    images = embedding if batch == 1 else embedding.select(rows)  # one image broadcasts to its C sets
+    low_res, _ = adapter.decode(images, tokens.flatten(0, 1), multimask=False)
+    return low_res.view(batch, classes, *low_res.shape[-2:])
+
+
+def semantic_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Eq. 9 with L_seg = pixel-wise cross-entropy over classes: (B, C, h, w) logits, (B, h, w) labels."""
+    if not (labels != IGNORE).any():  # nothing labelled: a zero that still reaches every weight
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+
+
+def labels_on_grid(labels: np.ndarray, input_size: Size, image_size: int, grid: Size) -> torch.Tensor:
+    """A label map (H, W) in SAM's low-res frame: resized as SAM resizes the image (nearest),
+    padded with IGNORE like the image, then sampled on the (h, w) grid of the low-res logits."""
+    values = torch.as_tensor(np.asarray(labels, dtype=np.float32))[None, None]
+    resized = F.interpolate(values, size=tuple(input_size), mode="nearest")
+    padded = F.pad(resized, (0, image_size - input_size[1], 0, image_size - input_size[0]), value=IGNORE)
+    return F.interpolate(padded, size=tuple(grid), mode="nearest")[0, 0].long()
+
+
+def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C, C) pixel counts, row = true class, column = predicted; IGNORE pixels left out."""
+    keep = labels != IGNORE
+    return np.bincount(labels[keep].astype(np.int64) * num_classes + predicted[keep].astype(np.int64),
+                       minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def class_iou(confusion: np.ndarray) -> np.ndarray:
+    """Per-class IoU from a confusion matrix; NaN for a class absent from truth and prediction
+    (`metrics.semantic_miou` is the nan-mean of this over one image set)."""
+    inter = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, np.nan)
+
+
+# ---- data: images with semantic label maps ----------------------------------------------------
+CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
+                      "motorcycle", "bicycle")  # train ids 0-18
+CITYSCAPES_STUFF = CITYSCAPES_CLASSES[:11]
+SEMANTIC_LAYOUTS = ("cityscapes", "ade20k")
+
+
+class SemanticFolder(Reader):
+    """Images with semantic label maps in the Cityscapes or ADE20K (SceneParsing) layout.
+
+    cityscapes: root/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png with
+      root/gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png (made by cityscapesscripts'
+      createTrainIdLabelImgs; train id 255 is unlabelled). split: train | val.
+    ade20k: root/images/<split>/<name>.jpg with root/annotations/<split>/<name>.png (0 = other,
+      unlabelled; 1-150 the classes named in root/objectInfo150.txt). split: training | validation.
+    As every reader: vocabulary[0] is "background" (unlabelled) and `semantic` holds vocabulary ids.
+    """
+
+    def __init__(self, root: str | Path, layout: str = "cityscapes", split: str = "train",
+                 skip_bad: bool = False, validate: bool | None = None) -> None:
+        if layout not in SEMANTIC_LAYOUTS:
+            raise bad_argument("layout", f"one of {SEMANTIC_LAYOUTS}", layout)
+        self.root, self.layout, self.split = Path(root), layout, split
+        if layout == "cityscapes":
+            self.vocabulary, self.stuff_classes = (BACKGROUND, *CITYSCAPES_CLASSES), CITYSCAPES_STUFF
+            images = sorted((self.root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
+            pairs = [(p, self.root / "gtFine" / split / p.parent.name /
+                      p.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")) for p in images]
+        else:
+            self.vocabulary, self.stuff_classes = (BACKGROUND, *self._ade_names()), ()
+            images = sorted((self.root / "images" / split).glob("*.jpg"))
+            pairs = [(p, self.root / "annotations" / split / f"{p.stem}.png") for p in images]
+        if not pairs:
+            raise bad_argument("root", f"a {layout} folder with {split} images", str(self.root))
+        bad = [(str(image), f"image has no label map {label.name}") for image, label in pairs if not label.is_file()]
+        self._settle([pair for pair in pairs if pair[1].is_file()], bad, skip_bad, validate)
+
+    def _ade_names(self) -> tuple[str, ...]:
+        table = self.root / "objectInfo150.txt"  # Idx, Ratio, Train, Val, Name (tab-separated)
+        if not table.is_file():
+            raise bad_argument("root", "an ADEChallengeData2016 folder with objectInfo150.txt", str(self.root))
+        rows = [line.split("\t") for line in table.read_text().splitlines()[1:] if line.strip()]
+        return tuple(row[-1].split(",")[0].strip() for row in rows)  # "building, edifice" -> "building"
+
+    def label_map(self, index: int) -> np.ndarray:
+        """Sample `index`'s semantic map (vocabulary ids, 0 unlabelled) without decoding its image."""
+        return self._semantic(self._records[index][1])
+
+    def _semantic(self, path: Path) -> np.ndarray:
+        raw = np.asarray(read_image(path, "L"), dtype=np.int16)
+        if self.layout == "cityscapes":  # train ids 0-18 -> 1-19, 255 -> 0
+            return np.where(raw == 255, 0, raw + 1).astype(np.int16)
+        return raw
+
+    def _load(self, record: tuple[Path, Path], index: int):
+        image = read_rgb(record[0])
+        return make_sample(image, [], [], self._semantic(record[1]), index, self.vocabulary, record[0])
+
+    def _classes(self, record: tuple[Path, Path]) -> frozenset[str]:
+        return frozenset(self.vocabulary[c] for c in np.unique(self._semantic(record[1])) if c)
+
+
+@dataclass
+class SemanticData:
+    """A data set seen as (image, label map) pairs over `class_names`, labels -1 where unlabelled."""
+
+    dataset: Sequence
+    class_names: tuple[str, ...]
+    stuff_classes: tuple[str, ...]
+    offset: int  # label = stored id - offset (readers keep id 0 for unlabelled; ShapeScenes has none)
+    short_side: int | None = None  # resize so that the shorter side has this many pixels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) uint8 image and (H, W) int64 labels in [-1, C)."""
+        sample = self.dataset[index]
+        return self._resized(sample.image, sample.semantic.astype(np.int64) - self.offset)
+
+    def classes_in(self, index: int) -> set[int]:
+        """The classes labelled in sample `index` (decodes only the label map where the reader can)."""
+        source = getattr(self.dataset, "label_map", None)
+        stored = source(index) if source is not None else self.dataset[index].semantic
+        return {int(c) - self.offset for c in np.unique(stored) if int(c) - self.offset >= 0}
+
+    def _resized(self, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.short_side is None or min(image.shape[:2]) == self.short_side:
+            return image, labels
+        height, width = image.shape[:2]
+        scale = self.short_side / min(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL: (W, H)
+        image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+        labels = np.asarray(Image.fromarray(labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
+        return image, labels.astype(np.int64)
+
+
+def semantic_data(spec: dict[str, Any], name: str = "data", stuff_classes: Sequence[str] | None = None,
+                  short_side: int | None = None) -> SemanticData:
+    """The data set a config entry describes, as SemanticData: ShapeScenes (its 15 classes, stuff
+    included), any reader of `samkit.datasets`, or `{kind: semantic_folder, root, layout, split}`."""
+    if isinstance(spec, dict) and spec.get("kind") == "semantic_folder":
+        dataset = call_with(SemanticFolder, {k: v for k, v in spec.items() if k != "kind"}, name)
+    else:
+        dataset = build_dataset(spec, name)
+    inner = getattr(dataset, "dataset", dataset)  # a SampleRange / ClassSubset view keeps its source
+    if isinstance(inner, ShapeScenes):
+        names, stuff, offset = VOCABULARY, STUFF_CLASSES, 0
+    else:
+        vocabulary = getattr(inner, "vocabulary", None)
+        if vocabulary is None:
+            raise bad_argument(name, "a data set with semantic label maps and a vocabulary", spec)
+        names, offset = tuple(vocabulary[1:]), 1
+        stuff = tuple(getattr(inner, "stuff_classes", ()))
+    if stuff_classes is not None:
+        unknown = sorted(set(stuff_classes) - set(names))
+        if unknown:
+            raise bad_argument("stuff_classes", f"class names of {name}", unknown)
+        stuff = tuple(stuff_classes)
+    return SemanticData(dataset, tuple(names), tuple(stuff), offset, short_side)
+
+
+def few_shot_indices(classes_per_image: Sequence[set[int]], num_classes: int, shots: int, seed: int = 0) -> list[int]:
+    """k-shot selection ("16 labelled images for each class"): from the rarest class up, add random
+    images that contain the class until `shots` chosen images contain it (or every image that does)."""
+    if not isinstance(shots, int) or shots < 1:
+        raise bad_argument("shots", "an int >= 1", shots)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(classes_per_image))
+    containing = [[int(i) for i in order if c in classes_per_image[i]] for c in range(num_classes)]
+    counts, chosen = np.zeros(num_classes, dtype=int), []
+    for c in sorted(range(num_classes), key=lambda c: len(containing[c])):
+        for i in containing[c]:
+            if counts[c] >= shots:
+                break
+            if i not in chosen:
+                chosen.append(i)
+                counts[list(classes_per_image[i])] += 1
+    return sorted(chosen)
+
+
+# ---- the default semantic prompts: fit (once) and cache the text prompt projection -----------
+def _default_clicks(adapter: SamAdapter, fractions: np.ndarray, size: Size) -> torch.Tensor:
+    with torch.no_grad():
+        return click_tokens(adapter, torch.as_tensor(fractions, device=adapter.device), size)
+
+
+def fit_text_prompts(adapter: SamAdapter, encoder: TextPromptEncoder, data: SemanticData, fractions: np.ndarray,
+                     steps: int, batch: int, lr: float, seed: int = 0, progress: bool = False) -> list[float]:
+    """Fit `encoder`'s projection with SAM and the text model frozen; returns the loss of each step.
+
+    Each step: `batch` random images of `data`; every class name's token with the default clicks
+    through the frozen decoder; Eq. 9's cross-entropy over `data.class_names`; one Adam step.
+    """
+    rng = np.random.default_rng(seed)
+    images = CachedEncoder(adapter)
+    vectors = encoder.text_vectors(data.class_names)
+    with torch.no_grad():  # a freshly initialised Linear makes tokens ~30x weaker than a click's: start as strong
+        clicks = _default_clicks(adapter, fractions, images.embed(data.item(0)[0])[0].input_sizes[0])[:len(fractions)]
+        gain = clicks.norm(dim=1).mean() / encoder.projection(vectors).norm(dim=1).mean()
+        encoder.projection.weight.mul_(gain)
+        encoder.projection.bias.mul_(gain)
+    optimizer = torch.optim.Adam(encoder.projection.parameters(), lr=lr)
+    losses = []
+    for _ in tqdm(range(steps), desc="fitting the text prompt projection", disable=not progress, leave=False):
+        items = [data.item(int(i)) for i in rng.choice(len(data), size=batch, replace=len(data) < batch)]
+        embedding, _ = images.embed([image for image, _ in items])
+        spatial = torch.stack([_default_clicks(adapter, fractions, size) for size in embedding.input_sizes])
+        logits = class_mask_logits(adapter, embedding, encoder.projection(vectors), spatial)
+        labels = torch.stack([labels_on_grid(lab, size, adapter.image_size, tuple(logits.shape[-2:]))
+                              for (_, lab), size in zip(items, embedding.input_sizes)]).to(logits.device)
+        loss = semantic_loss(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def default_semantic_prompts(adapter: SamAdapter, class_names: Sequence[str], fractions: np.ndarray,
+                             recipe: dict[str, Any] | None = None, progress: bool = False) -> torch.Tensor:
+    """Z_default^T: (C, D) tokens of `class_names` from the text prompt encoder fitted by `recipe`
+    (TEXT_PROMPT_RECIPE's keys; loaded from the cache, else fitted once and cached)."""
+    recipe = {**TEXT_PROMPT_RECIPE, **(recipe or {})}
+    unknown = sorted(set(recipe) - set(TEXT_PROMPT_RECIPE))
+    if unknown:
+        raise bad_argument("text_prompts", f"keys among {sorted(TEXT_PROMPT_RECIPE)}", unknown)
+    key = {"model": adapter.name, "checkpoint": adapter.checkpoint_sha256, "clicks": fractions.round(6).tolist(),
+           **recipe}
+    path = text_prompt_cache_path(key)
+    with torch.random.fork_rng(devices=[]):  # fitting or not must not move the caller's random state
+        torch.manual_seed(recipe["seed"])
+        encoder = TextPromptEncoder(recipe["encoder"], adapter.token_dim, adapter.device)
+        loaded = False
+        if adapter.checkpoint_sha256 is not None and path.exists():
+            try:
+                encoder.load(path)
+                loaded = True
+            except CheckpointError as error:
+                warnings.warn(f"{error}; fitting it again", stacklevel=2)
+        if not loaded:
+            data = semantic_data(recipe["data"], "text_prompts.data")
+            fit_text_prompts(adapter, encoder, data, fractions, recipe["steps"], recipe["batch"], recipe["lr"],
+                             recipe["seed"], progress)
+            if adapter.checkpoint_sha256 is not None:  # random weights: nothing worth keeping
+                encoder.save(path, key)
+    with torch.no_grad():
+        return encoder(class_names).detach()
+
+
+# ---- the method ---------------------------------------------------------------------------------
+@register_method("ssprompt")
+class SSPrompt(Method):
+    """SSPrompt and its ablations on frozen SAM (see the module docstring): `variant` in VARIANTS.
+
+    train / test: data set specs (ShapeScenes, a reader, or a semantic_folder); the training set
+    is a `shots`-shot selection from `train` (None: all of it). spatial_points: N (a square).
+    text_prompts: the text prompt projection's recipe (TEXT_PROMPT_RECIPE's keys).
+    embedding_init: "default" (learnable embeddings start as copies of the defaults) or "random".
+    short_side: resize images so their shorter side has this length; flip: random horizontal flips.
+    stuff_classes: background classes, when the data set does not say.
+    """
+
+    def __init__(self, train: dict[str, Any], test: dict[str, Any], variant: str = "ssprompt",
+                 shots: int | None = 16, spatial_points: int = 100, model: str = "tinysam",
+                 checkpoint: str | None = None, text_prompts: dict[str, Any] | None = None,
+                 embedding_init: str = "default", short_side: int | None = None, flip: bool = True,
+                 stuff_classes: Sequence[str] | None = None, selection_seed: int = 0, eval_batch: int = 4,
+                 progress: bool = False, device: torch.device | str = "cpu"):
+        super().__init__()
+        if variant not in VARIANTS:
+            raise bad_argument("variant", f"one of {sorted(VARIANTS)}", variant)
+        self.variant, self.flip, self.eval_batch = variant, flip, eval_batch
+        self.adapter: SamAdapter = load_model(model, checkpoint=checkpoint, device=device)
+        self.sam = self.adapter.module
+        self.sam.requires_grad_(False)
+        self.train_data = semantic_data(train, "train", stuff_classes, short_side)
+        self.test_data = semantic_data(test, "test", stuff_classes, short_side)
+        if self.test_data.class_names != self.train_data.class_names:
+            raise bad_argument("test", f"the classes of train {self.train_data.class_names}",
+                               self.test_data.class_names)
+        self.class_names = self.train_data.class_names
+        self.stuff_classes = self.train_data.stuff_classes
+        if shots is None:
+            self.train_indices = list(range(len(self.train_data)))
+        else:
+            present = [self.train_data.classes_in(i) for i in range(len(self.train_data))]
+            self.train_indices = few_shot_indices(present, len(self.class_names), shots, selection_seed)
+        self.grid = point_grid(spatial_points)
+        self.images = CachedEncoder(self.adapter, memory_items=2 * len(self.train_indices) + 64)
+        self._clicks: dict[Size, torch.Tensor] = {}  # image size -> default click tokens (Eq. 2)
+
+        spatial_mode, semantic_mode = VARIANTS[variant]
+        semantic_default = default_semantic_prompts(self.adapter, self.class_names, self.grid, text_prompts, progress)
+        self.register_buffer("semantic_default", semantic_default)  # z^T, frozen
+        self.semantic = PromptFusion(semantic_default, semantic_mode, embedding_init)  # Eq. 6
+        first_image = self.train_data.item(self.train_indices[0])[0]
+        clicks = self.default_clicks(self.images.embed(first_image)[0].input_sizes[0])[:spatial_points]
+        self.spatial = PromptFusion(clicks, spatial_mode if spatial_mode != "coordinates" else "fixed",
+                                    embedding_init)  # Eq. 4
+        self.clicks = LearnedClicks(self.grid) if spatial_mode == "coordinates" else None  # VSPL
+        self.last_class_iou: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.train_indices)
+
+    # ---- prompts ---------------------------------------------------------------------------
+    def default_clicks(self, size: Size) -> torch.Tensor:
+        """Z_default^S for images that fill `size` of the input frame: (N + extra, D), once per size, frozen."""
+        size = (int(size[0]), int(size[1]))
+        if size not in self._clicks:
+            self._clicks[size] = _default_clicks(self.adapter, self.grid, size)
+        return self._clicks[size]
+
+    def spatial_prompts(self, size: Size) -> torch.Tensor:
+        """The clicks' tokens for an image filling `size` of the input frame: Eq. 4's fusion, or VSPL's clicks."""
+        n = len(self.grid)
+        if self.clicks is not None:  # VSPL: through the frozen prompt encoder, gradient to (x, y)
+            return click_tokens(self.adapter, self.clicks.fractions(), size)
+        tokens = self.default_clicks(size)
+        return torch.cat([self.spatial(tokens[:n]), tokens[n:]])  # the padding token stays as SAM makes it
+
+    def class_logits(self, embedding: ImageEmbedding) -> torch.Tensor:
+        """(B, C, h, w) low-res logits of every class (Eq. 8)."""
+        semantic = self.semantic(self.semantic_default)  # Eq. 6
+        spatial = torch.stack([self.spatial_prompts(size) for size in embedding.input_sizes])
+        return class_mask_logits(self.adapter, embedding, semantic, spatial)
+
+    def semantic_weights(self) -> dict[str, float]:
+        """Each class's w of Eq. 6 (the weight on its learned embedding); empty unless learned."""
+        weights = self.semantic.weights()
+        if weights is None or self.semantic.mode != "weighted":
+            return {}
+        return dict(zip(self.class_names, weights.detach().cpu().tolist()))
+
+    def spatial_weights(self) -> np.ndarray | None:
+        """The N clicks' w of Eq. 4, in grid order (row by row), or None unless learned."""
+        weights = self.spatial.weights()
+        return None if weights is None or self.spatial.mode != "weighted" else weights.detach().cpu().numpy()
+
+    def click_positions(self) -> np.ndarray:
+        """(N, 2) click positions (x, y) as fractions of the image: the grid, or where VSPL moved them."""
+        if self.clicks is None:
+            return self.grid.copy()
+        return self.clicks.fractions().detach().cpu().numpy()
+
+    # ---- training ------------------------------------------------------------------------------
+    def train_sample(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        image, labels = self.train_data.item(self.train_indices[index])
+        if self.flip and rng.random() < 0.5:
+            image, labels = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(labels[:, ::-1])
+        return {"image": image, "labels": labels}
+
+    def forward(self, batch: list[dict[str, np.ndarray]]) -> tuple[torch.Tensor, dict[str, float]]:
+        embedding, _ = self.images.embed([sample["image"] for sample in batch])
+        logits = self.class_logits(embedding)
+        grid = tuple(logits.shape[-2:])
+        labels = torch.stack([labels_on_grid(sample["labels"], size, self.adapter.image_size, grid)
+                              for sample, size in zip(batch, embedding.input_sizes)]).to(logits.device)
+        loss = semantic_loss(logits, labels)  # Eq. 9
+        labelled = labels != IGNORE
+        accuracy = (logits.argmax(1) == labels)[labelled].float().mean() if labelled.any() else logits.new_zeros(())
+        return loss, {"pixel_accuracy": float(accuracy)}
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """(H, W) int64 class predictions, one per image: the argmax over classes at full size."""
+        embedding, _ = self.images.embed(list(images))
+        logits = self.class_logits(embedding)
+        return [self.adapter.postprocess_masks(logits[b:b + 1], embedding.input_sizes[b],
+                                               embedding.original_sizes[b])[0].argmax(0).cpu().numpy()
+                for b in range(len(images))]
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """mIoU over the test set (one confusion matrix over all its pixels, at the `short_side`
+        resolution when one is set), and over the foreground (entity) and background (stuff)
+        classes; per-class IoU in `last_class_iou`."""
+        classes = len(self.class_names)
+        confusion = np.zeros((classes, classes), dtype=np.int64)
+        for start in range(0, len(self.test_data), self.eval_batch):
+            items = [self.test_data.item(i) for i in range(start, min(len(self.test_data), start + self.eval_batch))]
+            for predicted, (_, labels) in zip(self.predict([image for image, _ in items]), items):
+                confusion += confusion_matrix(predicted, labels, classes)
+        iou = class_iou(confusion)
+        self.last_class_iou = {name: float(value) for name, value in zip(self.class_names, iou)}
+        stuff = np.array([name in self.stuff_classes for name in self.class_names])
+        nan_mean = lambda values: float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")  # noqa: E731
+        return {"miou": nan_mean(iou), "miou_foreground": nan_mean(iou[~stuff]), "miou_background": nan_mean(iou[stuff])}
+
+    def describe(self) -> str:
+        return (f"ssprompt ({self.variant}) on {self.adapter.name}, {len(self)} training images, "
+                f"{len(self.class_names)} classes, N = {len(self.grid)}: " + super().describe())
+
+
+__all__ = ["CITYSCAPES_CLASSES", "FUSIONS", "IGNORE", "SSPrompt", "SemanticData", "SemanticFolder",
+           "TEXT_PROMPT_RECIPE", "VARIANTS", "PromptFusion", "LearnedClicks", "class_iou", "class_mask_logits",
+           "click_tokens", "confusion_matrix", "default_semantic_prompts", "few_shot_indices", "fit_text_prompts",
+           "fuse", "labels_on_grid", "point_grid", "semantic_data", "semantic_loss"]

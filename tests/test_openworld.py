@@ -1,0 +1,197 @@
+"""OpenWorldSAM's language adapter: query collapse without tie-breakers, Hungarian matching, what trains.
+
+A stand-in text encoder (fixed random vectors) spares these tests sentence-transformers' slow import
+(tests/test_text.py covers the real one); TinySAM has random weights. Nothing here depends on training.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from samkit.methods import openworld
+from samkit.methods.openworld import (
+    LanguageAdapter,
+    OpenWorld,
+    distinct_masks,
+    hungarian_match,
+    low_res_targets,
+    mask_nms,
+    matched_mask_loss,
+    select_instances,
+    semantic_merge,
+)
+
+TEXT_DIM = 32
+SCENES = {"kind": "shapescenes", "split": "train", "classes": "base", "n": 4, "seed": 2}
+
+
+class FakeTextEncoder:
+    """Deterministic random unit vectors per text, the interface of samkit.models.text.TextEncoder."""
+
+    def __init__(self, name: str = "fake", device="cpu"):
+        self.name, self.dim = name, TEXT_DIM
+
+    def encode(self, texts):
+        vectors = [torch.randn(TEXT_DIM, generator=torch.Generator().manual_seed(sum(map(ord, t)))) for t in texts]
+        return torch.nn.functional.normalize(torch.stack(vectors), dim=-1)
+
+
+@pytest.fixture
+def method(monkeypatch) -> OpenWorld:
+    monkeypatch.setattr(openworld, "TextEncoder", FakeTextEncoder)
+    torch.manual_seed(0)
+    return OpenWorld(train=SCENES, eval_base=SCENES, checkpoint="random", num_queries=6, queries_per_image=2)
+
+
+# ---- the collapse: identical queries stay identical without tie-breakers -----------------------
+
+@pytest.mark.parametrize("layers", [0, 3])
+def test_without_tie_breakers_the_k_queries_are_identical(layers):
+    torch.manual_seed(0)
+    adapter = LanguageAdapter(TEXT_DIM, num_queries=5, tie_breakers=False, soft_prompt_layers=layers).eval()
+    tokens = adapter(torch.randn(2, TEXT_DIM), torch.randn(2, 256, 4, 4))
+    assert tokens.shape == (2, 5, 256)
+    assert torch.equal(tokens, tokens[:, :1].expand_as(tokens))  # self-attention cannot split equal inputs
+    with_breakers = LanguageAdapter(TEXT_DIM, num_queries=5, tie_breakers=True, soft_prompt_layers=layers).eval()
+    split = with_breakers(torch.randn(2, TEXT_DIM), torch.randn(2, 256, 4, 4))
+    assert not torch.allclose(split[:, 0], split[:, 1])  # Eq. (1): q_i = u + t_i differ
+
+
+def test_without_tie_breakers_the_k_masks_are_identical(monkeypatch):
+    monkeypatch.setattr(openworld, "TextEncoder", FakeTextEncoder)
+    torch.manual_seed(0)
+    method = OpenWorld(train=SCENES, checkpoint="random", num_queries=4, tie_breakers=False).eval()
+    image = method.train_data[0].image
+    outputs = method.predict(image, ["crab", "kelp"])
+    for output in outputs:
+        assert output.logits.shape == (4, *image.shape[:2])
+        assert torch.equal(output.logits, output.logits[:1].expand_as(output.logits))
+        assert torch.equal(output.scores, output.scores[:1].expand_as(output.scores))
+        assert distinct_masks(output.masks) <= 1
+
+
+# ---- Hungarian matching ---------------------------------------------------------------------------
+
+def _brute_force(cost: np.ndarray) -> float:
+    rows, cols = cost.shape
+    if rows >= cols:
+        return min(sum(cost[r, c] for c, r in enumerate(perm)) for perm in itertools.permutations(range(rows), cols))
+    return min(sum(cost[r, c] for r, c in enumerate(perm)) for perm in itertools.permutations(range(cols), rows))
+
+
+def test_hungarian_matching_is_optimal_on_a_hand_made_cost_matrix():
+    # Greedy takes the 0 at (1, 1) first and ends at 0 + 3 + 3 = 6 (or worse); the optimum is 5.
+    cost = np.array([[4.0, 1.0, 3.0],
+                     [2.0, 0.0, 5.0],
+                     [3.0, 2.0, 2.0]])
+    rows, cols = hungarian_match(cost)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 1), (1, 0), (2, 2)]
+    assert cost[rows, cols].sum() == 5.0 == _brute_force(cost)
+
+
+def test_hungarian_matching_with_more_predictions_than_targets():
+    cost = torch.tensor([[0.9, 0.8], [0.1, 0.7], [0.2, 0.05], [0.3, 0.3]])  # K = 4 masks, G = 2 instances
+    rows, cols = hungarian_match(cost)
+    assert len(rows) == 2 and len(set(rows.tolist())) == 2 and sorted(cols.tolist()) == [0, 1]
+    assert float(cost[rows, cols].sum()) == pytest.approx(_brute_force(cost.numpy()))
+    with pytest.raises(ValueError, match="cost: expected"):
+        hungarian_match(np.array([[0.0, np.nan]]))
+
+
+def test_the_matched_loss_does_not_depend_on_the_order_of_the_k_masks():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(5, 8, 8), (torch.rand(2, 8, 8) > 0.5).float()
+    loss, _ = matched_mask_loss(logits, targets, dice_weight=1.0)
+    shuffled, _ = matched_mask_loss(logits[torch.randperm(5)], targets, dice_weight=1.0)
+    assert torch.allclose(loss, shuffled)
+    # A perfect mask for each target (others anywhere) beats the random ones.
+    perfect = torch.cat([(targets * 2 - 1) * 20, logits[2:]])
+    assert matched_mask_loss(perfect, targets, dice_weight=1.0)[0] < loss
+
+
+# ---- what trains ----------------------------------------------------------------------------------
+
+def test_only_adapter_parameters_receive_gradients(method):
+    rng = np.random.default_rng(0)
+    batch = [method.train_sample(0, rng), method.train_sample(1, rng)]
+    loss, _ = method(batch)
+    loss.backward()
+    with_grad = {name for name, p in method.named_parameters() if p.grad is not None}
+    adapter = {f"adapter.{name}" for name, _ in method.adapter.named_parameters()}
+    assert with_grad == adapter  # every adapter weight (tie-breakers included), nothing else
+    assert all(not p.requires_grad for p in method.sam.parameters())
+    # The residual branches start at zero (so their inner weights get zero gradients at step 0);
+    # the tie-breakers, the projector and those branches' output layers do move.
+    moving = [method.adapter.tie_breakers, method.adapter.projector[1].weight, method.adapter.layers[0].mlp[-1].weight]
+    assert all(p.grad.abs().sum() > 0 for p in moving)
+
+
+def test_one_decoder_call_per_batch_and_one_encoder_run_per_image(method, monkeypatch):
+    calls = []
+    decode = method.sam_adapter.decode
+
+    def counting_decode(embedding, sparse, dense=None, multimask=True):
+        calls.append(tuple(sparse.shape))
+        return decode(embedding, sparse, dense, multimask)
+
+    monkeypatch.setattr(method.sam_adapter, "decode", counting_decode)
+    rng = np.random.default_rng(0)
+    batch = [method.train_sample(0, rng), method.train_sample(1, rng)]
+    queries = sum(len(sample["classes"]) for sample in batch)
+    method(batch)
+    method(batch)  # the second pass reads the cached embeddings
+    assert calls == [(queries * 6, 1, 256)] * 2  # all K queries of all class queries at once
+    assert method.encoder.encoder_calls == 2
+
+
+def test_train_samples_name_present_classes_with_their_masks(method):
+    sample = method.train_sample(0, np.random.default_rng(1))
+    assert 1 <= len(sample["classes"]) <= 2
+    for name, masks in zip(sample["classes"], sample["masks"]):
+        assert masks.ndim == 3 and masks.dtype == bool and masks.any(axis=(1, 2)).all()
+        assert name in openworld.VOCABULARY
+
+
+# ---- inference helpers ----------------------------------------------------------------------------
+
+def _square(top: int, left: int, side: int = 4, size: int = 12) -> np.ndarray:
+    mask = np.zeros((size, size), bool)
+    mask[top:top + side, left:left + side] = True
+    return mask
+
+
+def test_score_threshold_and_nms_keep_one_mask_per_instance():
+    a, a_shifted, b = _square(0, 0), _square(0, 1), _square(6, 6)
+    masks = torch.as_tensor(np.stack([a, a_shifted, b, b, np.zeros_like(a)]))
+    scores = torch.tensor([0.8, 0.9, 0.75, 0.6, 0.95])  # the empty mask and the 0.6 one are dropped
+    kept = select_instances(masks, scores, score_threshold=0.7, nms_iou=0.5)
+    assert kept.tolist() == [1, 2]  # a_shifted (IoU 0.6 with a) wins over a; b once
+    assert mask_nms(masks[:3], scores[:3], 0.7).tolist() == [1, 0, 2]  # IoU 0.6 < 0.7: both kept
+    assert distinct_masks(masks) == 2
+
+
+def test_semantic_merge_takes_the_most_confident_class_per_pixel():
+    probabilities = torch.tensor([[[0.9, 0.1]], [[0.2, 0.3]]])  # 2 classes, a 1 x 2 image
+    assert semantic_merge(probabilities, [7, 3]).tolist() == [[7, 3]]
+
+
+def test_low_res_targets_follow_the_encoder_frame():
+    masks = np.zeros((1, 100, 200), bool)
+    masks[0, :, :100] = True  # the left half
+    target = low_res_targets(masks, (128, 256), 256, (64, 64), torch.device("cpu"))
+    assert target.shape == (1, 64, 64)
+    assert target[0, :32, :32].min() > 0.95 and target[0, :, 33:].max() < 0.01 and target[0, 33:].max() < 0.01
+
+
+def test_bad_arguments_are_refused(monkeypatch):
+    monkeypatch.setattr(openworld, "TextEncoder", FakeTextEncoder)
+    with pytest.raises(ValueError, match="prompt_template: expected"):
+        OpenWorld(train=SCENES, checkpoint="random", prompt_template="a crab")
+    with pytest.raises(ValueError, match="positions: expected"):
+        OpenWorld(train=SCENES, checkpoint="random", positions="learned")
+    with pytest.raises(ValueError, match="soft_prompt_layers: expected"):
+        LanguageAdapter(TEXT_DIM, soft_prompt_layers=-1)
