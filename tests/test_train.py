@@ -271,3 +271,14 @@ def test_prompt_adapter_trains_only_the_adapter(tmp_path):
     config["method_args"]["trainable"] = "prompt_adapter"
     fit(config)
     assert all(name.startswith("prompt_adapter.") for name in final_weights(tmp_path))
+
+
+def test_step_schedule_divides_the_rate_by_ten_at_each_milestone():
+    from samkit.train.loop import _lr_factor
+
+    factor = _lr_factor(load_config({"method": "finetune", "schedule": "step", "milestones": [0.5, 0.75]}), 100)
+    assert [factor(s) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    poly = _lr_factor(load_config({"method": "finetune", "schedule": "poly"}), 100)
+    assert poly(0) == 1 and poly(50) == pytest.approx(0.5 ** 0.9)
+    with pytest.raises(ValueError, match="milestones"):
+        load_config({"method": "finetune", "schedule": "step", "milestones": [1.5]})

@@ -1,7 +1,7 @@
 """The `openworld` recipe: OpenWorldSAM's language adapter in front of a frozen SAM (paper 004, section 3).
 
-    class name ──frozen text encoder──▶ p_lang ──MLP projector──▶ u                       (projection)
-    q_i = u + t_i,  i = 1..K   (K learnable positional tie-breakers)                       (Eq. 1)
+    class name ──frozen text encoder──▶ p_lang ──MLP projector──▶ u             (projection)
+    q_i = u + t_i,  i = 1..K   (K learnable positional tie-breakers)                 (Eq. 1)
     q'_i = SoftPromptTransformer(q_i, F)   (self-attention among queries, cross-attention to F)
     q'_i ──as one sparse prompt token each──▶ frozen SAM mask decoder ──▶ K masks + K scores
 
@@ -94,7 +94,8 @@ class SoftPromptLayer(nn.Module):
         if zero_init:
             # Residual branches start at zero: the layer starts as the identity, so the transformer
             # starts from the queries q_i = u + t_i and adds image information only as it learns it.
-            for linear in [self.self_attn.out_proj, self.mlp[-1]] + ([self.cross_attn.out_proj] if cross_attention else []):
+            outputs = [self.self_attn.out_proj, self.mlp[-1]] + ([self.cross_attn.out_proj] if cross_attention else [])
+            for linear in outputs:
                 nn.init.zeros_(linear.weight)
                 nn.init.zeros_(linear.bias)
 
@@ -163,8 +164,9 @@ class LanguageAdapter(nn.Module):
             return queries
         memory = memory_pos = None
         if self.reads_image:
-            if image_embed is None or image_embed.ndim != 4 or image_embed.shape[:2] != (len(text_vectors), self.token_dim):
-                raise bad_argument("image_embed", f"({len(text_vectors)}, {self.token_dim}, h, w) features", image_embed)
+            expected = (len(text_vectors), self.token_dim)
+            if image_embed is None or image_embed.ndim != 4 or tuple(image_embed.shape[:2]) != expected:
+                raise bad_argument("image_embed", f"({expected[0]}, {expected[1]}, h, w) features", image_embed)
             height, width = image_embed.shape[-2:]
             memory = self.norm_memory(image_embed.flatten(2).transpose(1, 2))  # (Q, h*w, C): F, flattened
             memory_pos = (positions if positions is not None
@@ -555,7 +557,8 @@ class OpenWorld(Method):
                 for j, name in enumerate(class_names)]
 
     @torch.no_grad()
-    def evaluate_on(self, data: Sequence, prompts: str | Sequence[str] = "oracle", limit: int | None = None) -> Evaluation:
+    def evaluate_on(self, data: Sequence, prompts: str | Sequence[str] = "oracle",
+                    limit: int | None = None) -> Evaluation:
         """Instance and semantic numbers over `data` (at most `limit` samples).
 
         prompts: "oracle" asks each image for the classes it contains (the paper's Oracle-Prompts
@@ -630,7 +633,8 @@ class OpenWorld(Method):
         return f"openworld {self.sam_adapter.name} + {self.text.name} ({switches}): " + super().describe()
 
 
-def instance_metrics(table: pd.DataFrame, masks: list, scores: list, truths: list, suffix: str = "") -> dict[str, float]:
+def instance_metrics(table: pd.DataFrame, masks: list, scores: list, truths: list,
+                     suffix: str = "") -> dict[str, float]:
     """Recall, AP50 and mask counts from `evaluate_on`'s per-query table (columns `recalled{suffix}`,
     `kept{suffix}`) and the kept masks, their scores and the ground truth of each query."""
     nan = float("nan")
@@ -669,6 +673,6 @@ def semantic_metric(pred_maps: list[np.ndarray], truth_maps: list[np.ndarray], v
 
 __all__ = ["Evaluation", "LanguageAdapter", "OpenWorld", "QueryOutput", "SoftPromptLayer", "class_probability",
            "class_targets", "distinct_masks", "hungarian_match", "instance_metrics", "mask_iou_matrix", "mask_nms",
-           "matched_mask_loss", "pairwise_dice_cost", "pairwise_focal_cost", "select_instances", "stuff_taken_by_things",
-           "semantic_merge", "semantic_metric", "sine_positions", "stuff_classes_of", "thing_classes_of",
+           "matched_mask_loss", "pairwise_dice_cost", "pairwise_focal_cost", "select_instances", "semantic_merge",
+           "semantic_metric", "sine_positions", "stuff_classes_of", "stuff_taken_by_things", "thing_classes_of",
            "vocabulary_of"]

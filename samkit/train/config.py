@@ -35,7 +35,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | cosine | linear | poly (decay to zero over the run; poly power 0.9)
+    schedule: str = "constant"  # constant | cosine | linear | poly (power 0.9) | step (x0.1 at each milestone)
+    milestones: tuple[float, ...] = ()  # step schedule: fractions of the run, e.g. [0.89, 0.96] (OpenWorldSAM)
     warmup_steps: int = 0
     clip_grad_norm: float | None = 1.0
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
@@ -53,10 +54,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # YAML gives lists
+        self.milestones = tuple(float(m) for m in self.milestones)
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
             "optimizer": self.optimizer in ("adam", "adamw", "sgd"),
-            "schedule": self.schedule in ("constant", "cosine", "linear", "poly"),
+            "schedule": self.schedule in ("constant", "cosine", "linear", "poly", "step"),
+            "milestones": all(0 < m < 1 for m in self.milestones),
             "precision": self.precision in ("auto", "bf16", "fp32"),
             "best_mode": self.best_mode in ("max", "min"), "lr": self.lr > 0,
             "warmup_steps": self.warmup_steps >= 0, "checkpoint_every": self.checkpoint_every >= 0,
@@ -65,7 +68,8 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 expected = {
-                    "optimizer": "adam, adamw or sgd", "schedule": "constant, cosine, linear or poly",
+                    "optimizer": "adam, adamw or sgd", "schedule": "constant, cosine, linear, poly or step",
+                    "milestones": "fractions of the run in (0, 1)",
                     "precision": "auto, bf16 or fp32", "best_mode": "max or min", "lr": "a positive number",
                 }.get(name, "an int >= 1" if name in ("epochs", "batch_size", "grad_accum") else "a number >= 0")
                 raise bad_argument(name, expected, getattr(self, name))

@@ -62,7 +62,8 @@ def _lr_factor(config: TrainConfig, total_steps: int):
         warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
         progress = min(1.0, step / max(1, total_steps))
         decay = {"constant": 1.0, "cosine": 0.5 * (1 + math.cos(math.pi * progress)),
-                 "linear": 1.0 - progress, "poly": (1.0 - progress) ** 0.9}[config.schedule]  # poly: DeepLab's
+                 "linear": 1.0 - progress, "poly": (1.0 - progress) ** 0.9,  # poly: DeepLab's
+                 "step": 0.1 ** sum(progress >= m for m in config.milestones)}[config.schedule]
         return warm * decay
     return factor
 
