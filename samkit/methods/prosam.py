@@ -379,9 +379,9 @@ class ProSAM(Method):
                 confusion += [int((mean_mask & truth).sum()), int((mean_mask & ~truth).sum()),
                               int((~mean_mask & truth).sum()), int((~mean_mask & ~truth).sum())]
         miou = {name: float(np.mean([inter[name][c] / max(1, union[name][c]) for c in inter[name]])) for name in names}
-        tp, fp, fn, tn = confusion
-        result = {"miou": miou["mean"], "TPR": tp / max(1, tp + fn), "TNR": tn / max(1, tn + fp),
-                  "FPR": fp / max(1, tn + fp), "FNR": fn / max(1, tp + fn)}
+        tp, fp, fn, tn = (float(count) for count in confusion)
+        result = {"miou": miou["mean"], "TPR": tp / max(1.0, tp + fn), "TNR": tn / max(1.0, tn + fp),
+                  "FPR": fp / max(1.0, tn + fp), "FNR": fn / max(1.0, tp + fn)}
         result.update({f"miou_{name}": miou[name] for name in names if name != "mean"})
         return result
 
