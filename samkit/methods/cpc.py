@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samkit.errors import bad_argument
-from samkit.methods.finetune import Finetune, mask_loss
+from samkit.methods.finetune import Finetune, mask_loss, zero_output_mlp
 from samkit.models.base import ImageEmbedding
 from samkit.prompts import random_annotation_box
 from samkit.train.method import register_method
@@ -44,9 +44,7 @@ class TaskCausalModule(nn.Module):
 
     def __init__(self, dim: int = 256, hidden: int = 256):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        self.mlp = zero_output_mlp(dim, hidden)
 
     def forward(self, tokens: Tensor) -> Tensor:
         return tokens * 2 * torch.sigmoid(self.mlp(tokens))
@@ -188,20 +186,11 @@ class CausalPromptCalibration(Finetune):
         per_prompt = embedding.select(rows)
         if self.entity_module is None or not self.use_capl:
             low_res, _ = self.adapter.decode(per_prompt, sparse, dense, multimask=False)
-            return self._to_images(low_res, embedding, boxes), None, []
+            return self.per_image_logits(low_res, embedding, boxes), None, []
         xis = self.entity_module(sparse, per_prompt.image_embed.to(sparse), self.output_tokens)
         with calibrated(self.sam.mask_decoder, xis) as final_attention:  # Eq. 2's calibration
             low_res, _ = self.adapter.decode(per_prompt, sparse, dense, multimask=False)
-        return self._to_images(low_res, embedding, boxes), final_attention.weights, xis
-
-    def _to_images(self, low_res: Tensor, embedding: ImageEmbedding, boxes: list[np.ndarray]) -> list[Tensor]:
-        logits, start = [], 0
-        for i, b in enumerate(boxes):
-            part = low_res[start:start + len(b)]
-            start += len(b)
-            logits.append(self.adapter.postprocess_masks(part, embedding.input_sizes[i],
-                                                         embedding.original_sizes[i])[:, 0])
-        return logits
+        return self.per_image_logits(low_res, embedding, boxes), final_attention.weights, xis
 
     def mask_logits(self, embedding: ImageEmbedding, boxes: list[np.ndarray]) -> list[Tensor]:
         """What evaluation calls: the calibrated model on any box prompts."""

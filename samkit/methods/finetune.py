@@ -44,14 +44,20 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (bce + soft_dice).mean()
 
 
+def zero_output_mlp(dim: int, hidden: int) -> nn.Sequential:
+    """Linear-GELU-Linear whose last layer starts at zero: a token module that starts neutral."""
+    mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+    nn.init.zeros_(mlp[-1].weight)
+    nn.init.zeros_(mlp[-1].bias)
+    return mlp
+
+
 class PromptAdapter(nn.Module):
     """A residual 2-layer MLP on prompt tokens; zero-initialised output, so it starts as the identity."""
 
     def __init__(self, dim: int = 256, hidden: int = 256):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        self.mlp = zero_output_mlp(dim, hidden)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens + self.mlp(tokens)
@@ -120,6 +126,11 @@ class Finetune(Method):
             sparse = self.prompt_adapter(sparse)
         rows = [i for i, b in enumerate(boxes) for _ in range(len(b))]
         low_res, _ = self.adapter.decode(embedding.select(rows), sparse, dense, multimask=False)
+        return self.per_image_logits(low_res, embedding, boxes)
+
+    def per_image_logits(self, low_res: torch.Tensor, embedding: ImageEmbedding,
+                         boxes: list[np.ndarray]) -> list[torch.Tensor]:
+        """(sum K_i, 1, h, w) low-res logits -> (K_i, H_i, W_i) logits at each image's size."""
         logits, start = [], 0
         for i, b in enumerate(boxes):
             part = low_res[start:start + len(b)]
