@@ -72,6 +72,18 @@ def test_config_files_load_and_overrides_reach_nested_keys():
     assert full.betas == (0.9, 0.999) and full.optimizer == "adam"
 
 
+@pytest.mark.parametrize("name, expected", [
+    ("cpcsam_full", {"optimizer": "adam", "lr": 5e-3, "weight_decay": 0.1}),  # CPC-SAM Sec. 4.1
+    ("prosam_full", {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 1e-6, "schedule": "cosine_restarts",
+                     "restart_epochs": 15, "epochs": 100, "seed": 321}),  # ProSAM Sec. 5.1
+    ("ssprompt_full", {"optimizer": "sgd", "lr": 1e-3, "weight_decay": 1e-4, "schedule": "poly"}),  # Sec. 4.1
+    ("openworldsam_full", {"optimizer": "adamw", "lr": 1e-4, "schedule": "step", "milestones": (0.89, 0.96)}),
+])
+def test_full_recipes_carry_their_papers_optimiser_settings(name, expected):
+    config = load_config(name)
+    assert {key: getattr(config, key) for key in expected} == expected
+
+
 @pytest.mark.parametrize("source, overrides, named", [
     ("finetune_class", ["epoch=3"], "epoch"),
     ("finetune_class", ["optimizer=lion"], "optimizer"),
@@ -282,3 +294,21 @@ def test_step_schedule_divides_the_rate_by_ten_at_each_milestone():
     assert poly(0) == 1 and poly(50) == pytest.approx(0.5 ** 0.9)
     with pytest.raises(ValueError, match="milestones"):
         load_config({"method": "finetune", "schedule": "step", "milestones": [1.5]})
+
+
+def test_cosine_restarts_follows_torch_sgdr_with_a_period_in_epochs():
+    from samkit.train.loop import _lr_factor
+
+    config = load_config({"method": "finetune", "schedule": "cosine_restarts", "restart_epochs": 3, "lr": 0.5})
+    factor = _lr_factor(config, total_steps=10 * 4, steps_per_epoch=4)  # 10 epochs of 4 steps, T_0 = 12 steps
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    sgdr = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=12)
+    reference = []
+    for _ in range(40):
+        reference.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sgdr.step()
+    assert [0.5 * factor(s) for s in range(40)] == pytest.approx(reference)
+    assert factor(12) == factor(24) == 1.0 and factor(11) < 0.02  # restarts at epochs 3 and 6
+    with pytest.raises(ValueError, match="restart_epochs"):
+        load_config({"method": "finetune", "schedule": "cosine_restarts"})

@@ -13,6 +13,7 @@ import yaml
 from samkit.errors import bad_argument
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+SCHEDULES = ("constant", "cosine", "linear", "poly", "step", "cosine_restarts")
 
 
 @dataclass
@@ -35,8 +36,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | cosine | linear | poly (power 0.9) | step (x0.1 at each milestone)
+    # constant | cosine | linear | poly (power 0.9) | step (x0.1 at each milestone)
+    # | cosine_restarts (SGDR: cosine annealing restarted every `restart_epochs`, as ProSAM trains)
+    schedule: str = "constant"
     milestones: tuple[float, ...] = ()  # step schedule: fractions of the run, e.g. [0.89, 0.96] (OpenWorldSAM)
+    restart_epochs: int = 0  # cosine_restarts: the period T_0 in epochs (ProSAM: 15)
     warmup_steps: int = 0
     clip_grad_norm: float | None = 1.0
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | bf16 | fp32
@@ -58,8 +62,9 @@ class TrainConfig:
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "grad_accum": self.grad_accum >= 1,
             "optimizer": self.optimizer in ("adam", "adamw", "sgd"),
-            "schedule": self.schedule in ("constant", "cosine", "linear", "poly", "step"),
+            "schedule": self.schedule in SCHEDULES,
             "milestones": all(0 < m < 1 for m in self.milestones),
+            "restart_epochs": self.restart_epochs >= 1 if self.schedule == "cosine_restarts" else self.restart_epochs >= 0,
             "precision": self.precision in ("auto", "bf16", "fp32"),
             "best_mode": self.best_mode in ("max", "min"), "lr": self.lr > 0,
             "warmup_steps": self.warmup_steps >= 0, "checkpoint_every": self.checkpoint_every >= 0,
@@ -68,10 +73,11 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 expected = {
-                    "optimizer": "adam, adamw or sgd", "schedule": "constant, cosine, linear, poly or step",
+                    "optimizer": "adam, adamw or sgd", "schedule": ", ".join(SCHEDULES),
                     "milestones": "fractions of the run in (0, 1)",
                     "precision": "auto, bf16 or fp32", "best_mode": "max or min", "lr": "a positive number",
-                }.get(name, "an int >= 1" if name in ("epochs", "batch_size", "grad_accum") else "a number >= 0")
+                }.get(name, "an int >= 1" if name in ("epochs", "batch_size", "grad_accum", "restart_epochs")
+                      else "a number >= 0")
                 raise bad_argument(name, expected, getattr(self, name))
 
     @property

@@ -56,14 +56,17 @@ def _seed_of(*numbers: int) -> int:
     return int(np.random.SeedSequence(list(numbers)).generate_state(1, np.uint64)[0] % 2**63)
 
 
-def _lr_factor(config: TrainConfig, total_steps: int):
+def _lr_factor(config: TrainConfig, total_steps: int, steps_per_epoch: int = 1):
     """The learning-rate schedule as a factor of `lr`: linear warm-up, then the chosen decay."""
+    period = max(1, config.restart_epochs * steps_per_epoch)  # cosine_restarts: SGDR's T_0, in steps
+
     def factor(step: int) -> float:
         warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
         progress = min(1.0, step / max(1, total_steps))
         decay = {"constant": 1.0, "cosine": 0.5 * (1 + math.cos(math.pi * progress)),
                  "linear": 1.0 - progress, "poly": (1.0 - progress) ** 0.9,  # poly: DeepLab's
-                 "step": 0.1 ** sum(progress >= m for m in config.milestones)}[config.schedule]
+                 "step": 0.1 ** sum(progress >= m for m in config.milestones),
+                 "cosine_restarts": 0.5 * (1 + math.cos(math.pi * (step % period) / period))}[config.schedule]
         return warm * decay
     return factor
 
@@ -126,7 +129,8 @@ def fit(config: TrainConfig | str | dict, overrides: list[str] | None = None, re
     if steps_per_epoch == 0:
         raise ValueError(f"batch_size: expected at most the {len(method)} training samples, got {config.batch_size}")
     optimizer = _optimizer(config, parameters)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config, config.epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_factor(config, config.epochs * steps_per_epoch, steps_per_epoch))
 
     # Where the loop stands; a checkpoint stores exactly this.
     position: dict[str, Any] = {"epoch": 0, "step": 0, "global_step": 0, "sums": {}, "count": 0,
