@@ -238,27 +238,6 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6)
 
 
-def test_full_recipe_config_runs_on_data_in_the_celebamask_layout(tmp_path, monkeypatch):
-    """finetune_full.yaml as a GPU user runs it, on a 4-image CelebAMask-HQ folder and TinySAM."""
-    from test_readers import box, celeba_part_path, photo, save
-
-    root = tmp_path / "CelebAMask-HQ"
-    parts = {"skin": box(32, 32, 4, 4, 28, 28), "nose": box(32, 32, 12, 14, 20, 18),
-             "hair": box(32, 32, 0, 0, 8, 32), "hat": box(32, 32, 0, 8, 5, 24)}  # hat: a novel class
-    for number in range(4):
-        save(photo(64, 64), root / "CelebA-HQ-img" / f"{number}.jpg")
-        for part, mask in parts.items():
-            save(mask.astype(np.uint8) * 255, celeba_part_path(root, number, part))
-    monkeypatch.setenv("SAMKIT_DATA", str(tmp_path))
-    config = load_config("finetune_full", [
-        f"run_dir={tmp_path / 'run'}", "epochs=1", "batch_size=2", "num_workers=0", "progress=false",
-        "method_args.model=tinysam", "method_args.train.take=[0, 2]",
-        "method_args.eval_base.take=[2, 4]", "method_args.eval_novel.take=[2, 4]"])
-    history = fit(config)
-    assert 0 <= history["dice_base"][0] <= 1 and 0 <= history["dice_novel"][0] <= 1
-    assert (tmp_path / "run" / "best.safetensors").exists()
-
-
 # ---- data specs ------------------------------------------------------------------------------
 
 def test_dataset_specs_build_views_and_name_bad_entries():

@@ -32,13 +32,19 @@ def _kinds() -> dict[str, Callable[..., Sequence]]:
             "coco": datasets.CocoInstances, "coco_panoptic": datasets.CocoPanoptic}
 
 
+def spec_arguments(spec: dict[str, Any]) -> dict[str, Any]:
+    """A data set spec's arguments (all but `kind`), with environment variables such as
+    $SAMKIT_DATA in string values expanded."""
+    return {key: os.path.expandvars(value) if isinstance(value, str) and "$" in value else value
+            for key, value in spec.items() if key != "kind"}
+
+
 def build_dataset(spec: dict[str, Any], name: str = "data") -> Sequence:
     """The data set a config entry describes; `name` is the config key, for error messages."""
     if not isinstance(spec, dict) or "kind" not in spec:
         raise bad_argument(name, "a map with a `kind` key (shapescenes, folder, coco, coco_panoptic)", spec)
     kinds = _kinds()
-    arguments = {key: os.path.expandvars(value) if isinstance(value, str) and "$" in value else value
-                 for key, value in spec.items() if key != "kind"}
+    arguments = spec_arguments(spec)
     if spec["kind"] not in kinds:
         raise bad_argument(f"{name}.kind", f"one of {sorted(kinds)}", spec["kind"])
     keep, take = arguments.pop("keep_classes", None), arguments.pop("take", None)

@@ -50,7 +50,7 @@ from samkit.cache import CachedEncoder
 from samkit.checkpoints import CheckpointError
 from samkit.datasets import STUFF_CLASSES, VOCABULARY, ShapeScenes
 from samkit.datasets.readers import BACKGROUND, Reader, make_sample, read_image, read_rgb
-from samkit.datasets.specs import build_dataset
+from samkit.datasets.specs import build_dataset, spec_arguments
 from samkit.errors import bad_argument, call_with
 from samkit.models.base import ImageEmbedding, SamAdapter, Size
 from samkit.models.registry import load_model
@@ -311,7 +311,7 @@ def semantic_data(spec: dict[str, Any], name: str = "data", stuff_classes: Seque
     """The data set a config entry describes, as SemanticData: ShapeScenes (its 15 classes, stuff
     included), any reader of `samkit.datasets`, or `{kind: semantic_folder, root, layout, split}`."""
     if isinstance(spec, dict) and spec.get("kind") == "semantic_folder":
-        dataset = call_with(SemanticFolder, {k: v for k, v in spec.items() if k != "kind"}, name)
+        dataset = call_with(SemanticFolder, spec_arguments(spec), name)
     else:
         dataset = build_dataset(spec, name)
     inner = getattr(dataset, "dataset", dataset)  # a SampleRange / ClassSubset view keeps its source
