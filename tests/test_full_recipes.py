@@ -17,6 +17,7 @@ from test_readers import box, celeba_part_path, compressed_rle, make_panoptic, p
 
 from samkit.train import fit, load_config
 
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on NumPy 2
 QUICK = ["epochs=1", "num_workers=0", "progress=false", "tensorboard=false", "method_args.model=tinysam"]
 
 
