@@ -61,6 +61,15 @@ def cache_dir() -> Path:
     return Path(base) / "samkit"
 
 
+def sha256_of(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in blocks (nothing is written next to it)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file, remembered beside it (keyed by size and mtime) so big files hash once."""
     path = Path(path)
@@ -73,11 +82,7 @@ def file_sha256(path: str | os.PathLike) -> str:
             return digest
     except (OSError, ValueError):
         pass
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            hasher.update(block)
-    digest = hasher.hexdigest()
+    digest = sha256_of(path)
     try:
         with atomic_path(memo) as temp:
             temp.write_text(f"{stamp} {digest}\n")

@@ -29,7 +29,8 @@ import torch
 from torch.func import grad, vjp
 
 from samkit.errors import bad_argument
-from samkit.methods.prosam import NU, bce_dice_loss, sample_prompts
+from samkit.losses import bce_dice_loss
+from samkit.methods.prosam import NU, sample_prompts
 from samkit.models.base import ImageEmbedding, SamAdapter
 
 BatchedLoss = Callable[[torch.Tensor], torch.Tensor]  # (B, *shape) -> (B,)

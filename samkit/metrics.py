@@ -123,13 +123,24 @@ def semantic_miou(pred_labels: Any, gt_labels: Any, num_classes: int,
                              f"[{labels.min()}, {labels.max()}]")
     if gt.size == 0:
         return float("nan")
-    # One bincount gives the whole confusion matrix: row = gt class, column = predicted.
-    confusion = np.bincount(gt * num_classes + pred, minlength=num_classes ** 2)
-    confusion = confusion.reshape(num_classes, num_classes)
-    inter = np.diag(confusion)
-    union = confusion.sum(axis=0) + confusion.sum(axis=1) - inter
-    present = union > 0
-    return float(np.mean(inter[present] / union[present]))
+    return float(np.nanmean(class_iou(confusion_matrix(pred, gt, num_classes))))
+
+
+def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int,
+                     ignore_index: int | None = None) -> np.ndarray:
+    """(C, C) pixel counts of two label maps, row = true class, column = predicted (one bincount);
+    pixels whose label is `ignore_index` are left out."""
+    keep = np.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+    return np.bincount(labels[keep].astype(np.int64) * num_classes + predicted[keep].astype(np.int64),
+                       minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def class_iou(confusion: np.ndarray) -> np.ndarray:
+    """Per-class IoU from a confusion matrix; NaN for a class absent from truth and prediction."""
+    inter = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, np.nan)
 
 
 def _iou_matrix(pred_masks: np.ndarray, gt_masks: np.ndarray) -> np.ndarray:

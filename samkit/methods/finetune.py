@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from samkit.cache import CachedEncoder
 from samkit.datasets.specs import build_dataset
 from samkit.errors import bad_argument
 from samkit.lora import add_lora
+from samkit.losses import bce_dice_loss
 from samkit.metrics import dice
 from samkit.models.base import ImageEmbedding, SamAdapter
 from samkit.models.registry import load_model
@@ -38,10 +38,7 @@ TRAINABLE = ("lora", "decoder", "prompt_adapter")
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BCE + soft Dice per mask, averaged: (K, H, W) logits against (K, H, W) {0, 1} targets."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(1, 2))
-    prob = logits.sigmoid()
-    soft_dice = 1 - (2 * (prob * target).sum((1, 2)) + 1) / (prob.sum((1, 2)) + target.sum((1, 2)) + 1)
-    return (bce + soft_dice).mean()
+    return bce_dice_loss(logits, target).mean()
 
 
 def zero_output_mlp(dim: int, hidden: int) -> nn.Sequential:

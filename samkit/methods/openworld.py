@@ -47,7 +47,7 @@ from samkit.datasets import BACKGROUND, STUFF_CLASSES, VOCABULARY, ShapeScenes
 from samkit.datasets.specs import build_dataset
 from samkit.errors import bad_argument
 from samkit.metrics import ap50, semantic_miou
-from samkit.models.base import ImageEmbedding, SamAdapter
+from samkit.models.base import ImageEmbedding, SamAdapter, masks_on_grid
 from samkit.models.registry import load_model
 from samkit.models.text import TextEncoder
 from samkit.train.method import Method, register_method
@@ -373,10 +373,7 @@ def low_res_targets(masks: np.ndarray, input_size: tuple[int, int], image_size: 
     the targets take the same path, then are area-averaged down to the low-res logits' size,
     where the loss is computed (cheap at SAM's 1024 px too).
     """
-    target = torch.as_tensor(masks, device=device).float()[None]
-    target = F.interpolate(target, size=tuple(input_size), mode="bilinear", align_corners=False)
-    target = F.pad(target, (0, image_size - input_size[1], 0, image_size - input_size[0]))
-    return F.interpolate(target, size=tuple(low_res_size), mode="area")[0].clamp(0, 1)
+    return masks_on_grid(masks, input_size, image_size, low_res_size, device).clamp(0, 1)
 
 
 @dataclass

@@ -30,8 +30,9 @@ from samkit.datasets.readers import BACKGROUND
 from samkit.datasets.specs import build_dataset
 from samkit.errors import bad_argument
 from samkit.images import image_sha256
+from samkit.losses import bce_dice_loss  # Eq. 4
 from samkit.lru import LruCache
-from samkit.models.base import ImageEmbedding, SamAdapter
+from samkit.models.base import ImageEmbedding, SamAdapter, masks_on_grid
 from samkit.models.registry import load_model
 from samkit.train.method import Method, register_method
 
@@ -39,17 +40,6 @@ VARIANTS = ("vrp", "student_t", "gaussian")  # VRP-SAM, ProSAM, ProSAM with a Ga
 BACKBONES = ("sam", "resnet50")
 NU = 5.0  # degrees of freedom of the paper's t-distribution
 STRATEGIES = ("max_logits", "mean_logits", "max_binary", "mean_binary", "majority")  # Table 8
-
-
-# ---- Eq. 4: the mask loss --------------------------------------------------------------
-def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice (Eq. 4) per mask: (..., H, W) logits against an (H, W) or (..., H, W)
-    {0, 1} target -> (...) losses."""
-    target = target.to(logits).expand_as(logits)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dim=(-2, -1))
-    prob = logits.sigmoid()
-    dice = 1 - (2 * (prob * target).sum((-2, -1)) + 1) / (prob.sum((-2, -1)) + target.sum((-2, -1)) + 1)
-    return bce + dice
 
 
 # ---- Eq. 5-7: sampling prompts ---------------------------------------------------------
@@ -213,12 +203,8 @@ class VisualReferencePromptEncoder(nn.Module):
 # ---- data: episodes and masks on the feature grid -------------------------------------
 def mask_on_grid(mask: np.ndarray, input_size: tuple[int, int], image_size: int,
                  grid: tuple[int, int]) -> torch.Tensor:
-    """An (H, W) mask -> the share of each cell of SAM's (h, w) feature grid it covers, (1, h, w):
-    resized as SAM resizes the image (longest side), padded bottom/right, then averaged."""
-    resized = F.interpolate(torch.as_tensor(mask, dtype=torch.float32)[None, None], size=tuple(input_size),
-                            mode="bilinear", align_corners=False)
-    padded = F.pad(resized, (0, image_size - input_size[1], 0, image_size - input_size[0]))
-    return F.adaptive_avg_pool2d(padded, tuple(grid))[0]
+    """An (H, W) mask -> the share of each cell of SAM's (h, w) feature grid it covers, (1, h, w)."""
+    return masks_on_grid(np.asarray(mask)[None], input_size, image_size, grid)
 
 
 def _vocabulary(dataset: Sequence) -> tuple[str, ...]:

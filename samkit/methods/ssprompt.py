@@ -51,7 +51,9 @@ from samkit.checkpoints import CheckpointError
 from samkit.datasets import STUFF_CLASSES, VOCABULARY, ShapeScenes
 from samkit.datasets.readers import BACKGROUND, Reader, make_sample, read_image, read_rgb
 from samkit.datasets.specs import build_dataset, spec_arguments
+from samkit import metrics
 from samkit.errors import bad_argument, call_with
+from samkit.metrics import class_iou
 from samkit.models.base import ImageEmbedding, SamAdapter, Size
 from samkit.models.registry import load_model
 from samkit.models.text_prompts import TextPromptEncoder, text_prompt_cache_path
@@ -194,18 +196,7 @@ def labels_on_grid(labels: np.ndarray, input_size: Size, image_size: int, grid: 
 
 def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, C) pixel counts, row = true class, column = predicted; IGNORE pixels left out."""
-    keep = labels != IGNORE
-    return np.bincount(labels[keep].astype(np.int64) * num_classes + predicted[keep].astype(np.int64),
-                       minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def class_iou(confusion: np.ndarray) -> np.ndarray:
-    """Per-class IoU from a confusion matrix; NaN for a class absent from truth and prediction
-    (`metrics.semantic_miou` is the nan-mean of this over one image set)."""
-    inter = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / union, np.nan)
+    return metrics.confusion_matrix(predicted, labels, num_classes, ignore_index=IGNORE)
 
 
 # ---- data: images with semantic label maps ----------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from samkit.errors import bad_argument
@@ -65,6 +66,17 @@ class ImageEmbedding:
             high_res_feats=[torch.cat([e.high_res_feats[level] for e in embeddings])
                             for level in range(len(first.high_res_feats))],
         )
+
+
+def masks_on_grid(masks: np.ndarray | torch.Tensor, input_size: Size, image_size: int, grid: Size,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """(G, H, W) masks -> (G, h, w) soft masks on a grid of SAM's input frame: resized as SAM resizes
+    the image (to `input_size`, bilinear), padded bottom/right to the `image_size` square, then each
+    cell's covered share (area average). The frame of image embeddings and of low-res mask logits."""
+    values = torch.as_tensor(np.asarray(masks) if not torch.is_tensor(masks) else masks, device=device)
+    resized = F.interpolate(values.float()[None], size=tuple(input_size), mode="bilinear", align_corners=False)
+    padded = F.pad(resized, (0, image_size - input_size[1], 0, image_size - input_size[0]))
+    return F.adaptive_avg_pool2d(padded, tuple(grid))[0]
 
 
 def _as_float_tensor(value, name: str, device: torch.device) -> torch.Tensor:

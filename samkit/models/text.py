@@ -20,15 +20,15 @@ memory per encoder name, so asking again for a class name costs a dictionary loo
 
 from __future__ import annotations
 
-import hashlib
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from samkit.checkpoints import CheckpointError
+from samkit.checkpoints import CheckpointError, sha256_of  # sha256_of: no memo file inside site-packages
 from samkit.device import resolve_device
 from samkit.errors import bad_argument
 
@@ -44,15 +44,6 @@ KNOWN_TEXT_ENCODERS = (MINILM, CLIP, "clip:<repo id or folder>")
 _BACKENDS: dict[tuple[str, str], _Backend] = {}  # (name, device) -> the loaded model
 _VECTORS: dict[str, dict[str, torch.Tensor]] = {}  # name -> text -> (dim,) float32 on the CPU
 _VERIFIED: dict[str, str] = {}  # path -> "size:mtime" of weights whose sha256 was checked
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """sha256 of a file, read in blocks (no memo file is written next to it)."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 def verify_sha256(path: str | os.PathLike, expected: str) -> None:
@@ -95,13 +86,13 @@ def _quiet_loading():
             transformers_logging.enable_progress_bar()
 
 
-class _Backend:
+class _Backend(ABC):
     """A loaded frozen text model: `embed(texts)` -> (n, dim) float32."""
 
     dim: int
 
-    def embed(self, texts: list[str]) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def embed(self, texts: list[str]) -> torch.Tensor: ...
 
 
 class _MiniLM(_Backend):

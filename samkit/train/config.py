@@ -64,7 +64,7 @@ class TrainConfig:
             "optimizer": self.optimizer in ("adam", "adamw", "sgd"),
             "schedule": self.schedule in SCHEDULES,
             "milestones": all(0 < m < 1 for m in self.milestones),
-            "restart_epochs": self.restart_epochs >= 1 if self.schedule == "cosine_restarts" else self.restart_epochs >= 0,
+            "restart_epochs": self.restart_epochs >= (1 if self.schedule == "cosine_restarts" else 0),
             "precision": self.precision in ("auto", "bf16", "fp32"),
             "best_mode": self.best_mode in ("max", "min"), "lr": self.lr > 0,
             "warmup_steps": self.warmup_steps >= 0, "checkpoint_every": self.checkpoint_every >= 0,
