@@ -14,7 +14,7 @@ import torch
 import samkit
 import samkit.models.sam1 as sam1
 from samkit.models.base import ImageEmbedding
-from samkit.models.shared_image_decoder import supports
+from samkit.models.shared_image_decoder import chunk_sizes, decode_shared_image, supports
 
 LOGITS_ATOL = 1e-4  # TinySAM's shipped weights: logits up to ~15, where the general path itself is only
                     # ~1e-4 from a float64 evaluation; the fast path is as close
@@ -99,6 +99,27 @@ def test_sam_vit_b_decoder(fast_calls):
     for kind in ("points and negatives", "box and points", "random tokens"):
         assert_same_decoding(model, embedding, *sets[kind], kind, RANDOM_LOGITS_ATOL)
     assert fast_calls == [3] * 6
+
+
+def test_chunks_do_not_change_results(tinysam_trained, scene_image):
+    """Prompt sets split over several transformer passes (whose shared products the first pass
+    computes and the later ones reuse) and uneven upscaling passes give the unchunked results."""
+    embedding = tinysam_trained.embed(scene_image)
+    sparse, dense = prompt_sets(tinysam_trained, 13, seed=3)["points and negatives"]
+    pe = tinysam_trained.sam.prompt_encoder.get_dense_pe()
+    decoder = tinysam_trained.sam.mask_decoder
+    with torch.no_grad():
+        whole = decode_shared_image(decoder, embedding.image_embed, pe, dense, sparse, True,
+                                    chunk=13, upscale_chunk=13)
+        chunked = decode_shared_image(decoder, embedding.image_embed, pe, dense, sparse, True,
+                                      chunk=5, upscale_chunk=3)
+    torch.testing.assert_close(chunked[0], whole[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked[1], whole[1], atol=1e-6, rtol=0)
+
+
+def test_chunk_sizes_shrink_with_the_grid():
+    assert chunk_sizes(16 * 16) == (64, 16)  # TinySAM
+    assert chunk_sizes(64 * 64) == (16, 1)  # SAM ViT-B/L/H: one prompt set's upscaled maps are 8 MB
 
 
 @pytest.mark.parametrize("which", ["random", "shipped"])

@@ -56,10 +56,21 @@ from segment_anything.modeling.transformer import Attention, TwoWayAttentionBloc
 from torch import Tensor, nn
 
 # Prompt sets per pass through the transformer and through the upscaling (whose per-prompt 4h x 4w maps
-# are the largest tensors): measured best on 2 CPU threads for TinySAM (64/16: 0.35 s for 200 clicks;
-# 32/8: 0.39 s; 128/16: 0.38 s; one thread prefers smaller chunks, within 10%).
-DEFAULT_CHUNK = 64
-DEFAULT_UPSCALE_CHUNK = 16
+# are the largest tensors), chosen so that a pass's tensors stay near the CPU's caches. Measured best on
+# 2 CPU threads, 64 clicks, best of 3:
+#   TinySAM (16 x 16 grid): 64/16 0.35 s for 200 clicks; 32/8 0.39 s; 128/16 0.38 s;
+#   SAM ViT-B (64 x 64 grid): 16/1 1.32 s; 8/1 1.40 s; 8/2 1.36 s; 16/2 1.40 s; 4/1 1.72 s; 64/16 2.81 s.
+# So: upscale as many prompt sets as fill 16 x 16 * 16 pixels, pass at least 16 through the transformer.
+UPSCALE_PIXELS = 16 * 16 * 16
+TRANSFORMER_PIXELS = 64 * 16 * 16
+MIN_CHUNK = 16
+
+
+def chunk_sizes(pixels: int) -> tuple[int, int]:
+    """(prompt sets per transformer pass, prompt sets per upscaling pass) for an h*w = `pixels` grid."""
+    return max(MIN_CHUNK, TRANSFORMER_PIXELS // pixels), max(1, UPSCALE_PIXELS // pixels)
+
+
 # Sharing costs a fixed amount per call (the shared products, a thousand small operations per chunk)
 # and saves an amount per prompt set proportional to the pixels h*w: measured on CPU, TinySAM (16 x 16)
 # breaks even at about 3 prompt sets, SAM ViT-B (64 x 64) is ahead from 2.
@@ -123,15 +134,18 @@ def decode_shared_image(
     dense: Tensor,
     sparse: Tensor,
     multimask: bool | None,
-    chunk: int = DEFAULT_CHUNK,
-    upscale_chunk: int = DEFAULT_UPSCALE_CHUNK,
+    chunk: int | None = None,
+    upscale_chunk: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """`MaskDecoder.predict_masks` for B prompt sets on one image with one dense embedding.
 
     image_embed, image_pe: (1, C, h, w); dense: (1 or B, C, h, w) with every row the same (only row 0
     is read); sparse: (B, N, C) any tokens. Returns the (B, M, 4h, 4w) low-res mask logits and (B, M)
     predicted IoU of the chosen masks (M = 3 with `multimask`, else 1), as the general path does.
+    `chunk` and `upscale_chunk` (prompt sets per pass) default to `chunk_sizes` of the grid.
     """
+    default_chunk, default_upscale_chunk = chunk_sizes(image_embed.shape[-2] * image_embed.shape[-1])
+    chunk, upscale_chunk = chunk or default_chunk, upscale_chunk or default_upscale_chunk
     # The stream starts as S = image + dense, the same for every prompt set: s = 1, m = 0.
     base = (image_embed[0] + dense[0]).flatten(1).transpose(0, 1)
     pe = image_pe[0].flatten(1).transpose(0, 1)
