@@ -30,7 +30,8 @@ def decode_batched_vs_loop(model_name: str, prompts: int = 200, seed: int = 0, r
     scene = ShapeScenes("test", "all", n=1, seed=seed, size=256)[0]
     embedding = model.embed(scene.image)
     size = scene.image.shape[:2]
-    points = rng.uniform(0, size[0] - 1, size=(prompts, 1, 2)).astype(np.float32)  # clicks anywhere
+    corner = (size[1] - 1, size[0] - 1)  # (x, y) of the last pixel
+    points = rng.uniform((0, 0), corner, size=(prompts, 1, 2)).astype(np.float32)  # clicks anywhere
     labels = np.ones((prompts, 1), dtype=np.int64)
     with torch.inference_mode():
         def batched():

@@ -51,9 +51,9 @@ from samkit.checkpoints import CheckpointError
 from samkit.datasets import STUFF_CLASSES, VOCABULARY, ShapeScenes
 from samkit.datasets.readers import BACKGROUND, Reader, make_sample, read_image, read_rgb
 from samkit.datasets.specs import build_dataset, spec_arguments
-from samkit import metrics
 from samkit.errors import bad_argument, call_with
 from samkit.metrics import class_iou
+from samkit.metrics import confusion_matrix as _labelled_confusion_matrix
 from samkit.models.base import ImageEmbedding, SamAdapter, Size
 from samkit.models.registry import load_model
 from samkit.models.text_prompts import TextPromptEncoder, text_prompt_cache_path
@@ -196,7 +196,7 @@ def labels_on_grid(labels: np.ndarray, input_size: Size, image_size: int, grid: 
 
 def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, C) pixel counts, row = true class, column = predicted; IGNORE pixels left out."""
-    return metrics.confusion_matrix(predicted, labels, num_classes, ignore_index=IGNORE)
+    return _labelled_confusion_matrix(predicted, labels, num_classes, ignore_index=IGNORE)
 
 
 # ---- data: images with semantic label maps ----------------------------------------------------
