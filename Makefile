@@ -45,8 +45,9 @@ figures: $(STAMP)
 	    --ExecutePreprocessor.timeout=1800 --output-dir build/executed "$$notebook" || exit 1; \
 	done
 
+# tools/ is not installed with samkit: `-m tools.bench` finds it from the repository root.
 bench: $(STAMP) browser
-	$(PY) -m samkit.bench
+	$(PY) -m tools.bench
 
 # Strip outputs from the notebooks before committing them.
 clean-outputs: $(STAMP)

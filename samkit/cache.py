@@ -92,8 +92,7 @@ def embedding_cache_for(model, root: str | os.PathLike | None = None) -> Embeddi
     An image encoder carrying LoRA adapters no longer computes what its checkpoint computes,
     so it gets no disk cache either (entries are keyed by the checkpoint's sha256).
     """
-    encoder = getattr(model.module, "image_encoder", None)
-    adapted = encoder is not None and any("lora_" in name for name, _ in encoder.named_parameters())
+    adapted = any("lora_" in name for name, _ in model.image_encoder.named_parameters())
     if not model.checkpoint_sha256 or adapted:
         return None
     return EmbeddingCache(model.name, model.checkpoint_sha256, root)

@@ -22,6 +22,10 @@ def bad_argument(name: str, expected: str, got: Any) -> ValueError:
     return ValueError(f"{name}: expected {expected}, got {describe(got)}")
 
 
+class UnsupportedModelError(TypeError):
+    """A model lacks a part a method needs (e.g. SAM's two-way transformer for CPC-SAM's calibration)."""
+
+
 def call_with(factory: Any, arguments: dict[str, Any], name: str) -> Any:
     """`factory(**arguments)`, where an unknown or missing argument is a ValueError naming `name`.
 

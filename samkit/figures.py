@@ -1,28 +1,39 @@
 """Where notebooks put what they reproduce: `figures/<stem>*.png` and `figures/<stem>.json`.
 
-The `smoke` profile (the tests) writes to `build/figures-smoke/` instead, so a test run never
-overwrites the figures made in the `class` or `full` profile.
+`figures/` is the project's: the first folder from the working directory up that holds both
+`notebooks/` and `figures/` (the repository, when a notebook runs from `notebooks/`), else the
+working directory. The `smoke` profile (the tests) writes to `build/figures-smoke/` there instead,
+so a test run never overwrites the figures made in the `class` or `full` profile.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from samkit.atomic import atomic_path, write_bytes_atomic
+from samkit.errors import bad_argument
+from samkit.notebook import PROFILES
 
-REPO = Path(__file__).resolve().parents[1]
-PROFILES = ("smoke", "class", "full")
+
+def project_root(start: str | os.PathLike | None = None) -> Path:
+    """The folder whose `figures/` a notebook running in `start` (default: the working directory) writes."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "notebooks").is_dir() and (folder / "figures").is_dir():
+            return folder
+    return here
 
 
 class Figures:
     """Figures and numbers of one notebook (`stem`, e.g. "00_sam_tour") in one run profile."""
 
-    def __init__(self, stem: str, profile: str):
+    def __init__(self, stem: str, profile: str, root: str | os.PathLike | None = None):
         if profile not in PROFILES:
-            raise ValueError(f"profile: expected one of {', '.join(PROFILES)}, got {profile!r}")
+            raise bad_argument("profile", f"one of {', '.join(PROFILES)}", profile)
         self.stem, self.profile = stem, profile
-        self.folder = REPO / ("build/figures-smoke" if profile == "smoke" else "figures")
+        self.folder = project_root(root) / ("build/figures-smoke" if profile == "smoke" else "figures")
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def save(self, figure, name: str) -> Path:

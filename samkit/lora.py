@@ -13,11 +13,11 @@ two-way transformer's `q_proj`, `k_proj`, `v_proj`, `out_proj` (self-attention, 
 and the final token-to-image attention). The prompt encoder has no attention and takes no LoRA.
 
 Notes for the kit's seam (`samkit.models.sam1.SegmentAnythingAdapter`):
-* Every LoRA-wrapped layer is called as a module on every decoder path, so LoRA is used. The shared-image
-  fast path (`shared_image_decoder`) reads some projections' `.weight` directly, which on a peft layer is the
-  *base* weight only; `shared_image_decoder.supports` refuses any layer that is not a plain `nn.Linear`, so a
-  decoder with LoRA always takes the general path (slower for many clicks on one image; `merge_lora`
-  restores the fast path).
+* The shared-image fast path (`shared_image_decoder`) reads some projections' `.weight` directly, which on
+  a peft layer is the *base* weight only. So whoever puts LoRA on the decoder switches the adapter's
+  `shared_image_decoding` off (`finetune` does), and `shared_image_decoder.supports` refuses any layer that
+  is not a plain `nn.Linear` as a second guard: a decoder with LoRA takes the general path (slower for many
+  clicks on one image; after `merge_lora` the fast path is exact again and may be switched back on).
 * `model.embed` runs without autograd by default: to train image-encoder LoRA call `model.embed(x, grad=True)`.
 * The disk embedding cache (`samkit.cache`) is keyed by the checkpoint's sha256, so it refuses an image
   encoder that carries LoRA layers. After `merge_lora` on the image encoder nothing shows the change:
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numbers
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,13 +36,20 @@ from torch import nn
 
 from samkit.errors import bad_argument
 
-# The attention projections per part, as regexes on module names (peft full-matches `target_modules`
-# against every module name). The image encoder pattern also allows a nested trunk (`image_encoder.trunk.
-# blocks.N.attn` in SAM 2), and excludes `image_encoder.patch_embed.proj`, a Conv2d.
-PART_PATTERNS = {
-    "image_encoder": r"image_encoder\.(?:.+\.)?blocks\.\d+\.attn\.(?:qkv|proj)",
-    "mask_decoder": r"mask_decoder\.transformer\.(?:.+\.)?(?:q_proj|k_proj|v_proj|out_proj)",
+# The attention projections per part, as regexes on module names below the part's path (peft full-matches
+# `target_modules` against every module name). The image encoder pattern also allows a nested trunk
+# (`image_encoder.trunk.blocks.N.attn` in SAM 2), and excludes `image_encoder.patch_embed.proj`, a Conv2d.
+PART_LAYERS = {
+    "image_encoder": r"(?:.+\.)?blocks\.\d+\.attn\.(?:qkv|proj)",
+    "mask_decoder": r"transformer\.(?:.+\.)?(?:q_proj|k_proj|v_proj|out_proj)",
 }
+# Where the parts are in segment_anything's `Sam`; other models pass their adapter's `part_paths`.
+DEFAULT_PATHS = {"image_encoder": "image_encoder", "mask_decoder": "mask_decoder"}
+
+
+def part_pattern(part: str, paths: Mapping[str, str] | None = None) -> str:
+    """The regex of `part`'s attention projections among the module names of the model."""
+    return re.escape((paths or DEFAULT_PATHS)[part]) + r"\." + PART_LAYERS[part]
 ADAPTER_NAME = "default"
 _RECORD = "_samkit_lora"  # attribute of the adapted module: the LoRA settings, for the summary / state dict
 
@@ -99,6 +106,7 @@ def add_lora(
     dropout: float = 0.0,
     parts: Sequence[str] = ("mask_decoder",),
     unfreeze: Sequence[str] = (),
+    paths: Mapping[str, str] | None = None,
 ) -> nn.Module:
     """Inject LoRA adapters into the attention projections of `parts`, freeze everything else.
 
@@ -106,6 +114,8 @@ def add_lora(
     dropout: on the LoRA branch's input, in training mode; parts: "mask_decoder" and/or "image_encoder";
     unfreeze: parameter-name prefixes (whole dotted components) to train as well, e.g.
     "mask_decoder.output_hypernetworks_mlps"; each must match at least one parameter.
+    paths: where each part sits in `sam` (a model adapter's `part_paths`; SAM 2's decoder is
+    `sam_mask_decoder`); None = segment_anything's names.
 
     B starts at zero, so the adapted model computes exactly what the original did. Works in place on
     `sam` (the layers are replaced by peft's LoRA layers, the module keeps its class) and returns it.
@@ -129,20 +139,22 @@ def add_lora(
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
         raise bad_argument("dropout", "a probability in [0, 1)", dropout)
     parts = _names(parts, "parts")
-    known = ", ".join(repr(part) for part in PART_PATTERNS)
+    known = ", ".join(repr(part) for part in PART_LAYERS)
     if not parts:
         raise bad_argument("parts", f"at least one of {known}", parts)
     for part in parts:
-        if part not in PART_PATTERNS:
+        if part not in PART_LAYERS:
             why = " (the prompt encoder has no attention layers)" if part == "prompt_encoder" else ""
             raise bad_argument("parts", f"a subset of {known}{why}", part)
     unfreeze = _names(unfreeze, "unfreeze")
 
-    pattern = "|".join(f"(?:{PART_PATTERNS[part]})" for part in parts)
+    patterns = {part: part_pattern(part, paths) for part in parts}
+    pattern = "|".join(f"(?:{patterns[part]})" for part in parts)
     for part in parts:
-        if not any(isinstance(layer, nn.Linear) and re.fullmatch(PART_PATTERNS[part], name)
+        if not any(isinstance(layer, nn.Linear) and re.fullmatch(patterns[part], name)
                    for name, layer in sam.named_modules()):
-            raise bad_argument("parts", "parts that have attention projections in this model", part)
+            raise bad_argument("parts", f"parts that have attention projections in this model (none match "
+                                        f"{patterns[part]!r}; pass the adapter's part_paths as `paths`)", part)
     # Unfreeze prefixes are checked before anything is changed, so a bad call leaves `sam` as it was.
     # Names are matched with and without peft's ".base_layer" (see _matches_prefix), so checking
     # against the names before injection is the same as after.

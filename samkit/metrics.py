@@ -143,12 +143,20 @@ def class_iou(confusion: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, np.nan)
 
 
-def _iou_matrix(pred_masks: np.ndarray, gt_masks: np.ndarray) -> np.ndarray:
-    """(P, G) IoU between every prediction and every target."""
-    pred = pred_masks.reshape(len(pred_masks), -1).astype(np.float32)
-    gt = gt_masks.reshape(len(gt_masks), -1).astype(np.float32)
-    inter = pred @ gt.T
-    union = pred.sum(1)[:, None] + gt.sum(1)[None, :] - inter
+def iou_matrix(a: Any, b: Any) -> Any:
+    """(N, M) IoU between every mask of a (N, H, W) and every mask of b (M, H, W), with the kit's
+    convention (two empty masks: 1.0). Torch tensors are computed in torch on their device (the
+    result is a float tensor); anything else gives a float numpy array."""
+    if hasattr(a, "detach") and hasattr(b, "detach"):  # torch tensors, without importing torch
+        a_flat, b_flat = a.flatten(1).float(), b.flatten(1).float()
+        inter = a_flat @ b_flat.T
+        union = a_flat.sum(1)[:, None] + b_flat.sum(1)[None, :] - inter
+        return (inter / union.clamp(min=1)).masked_fill(union == 0, 1.0)
+    a, b = np.asarray(a), np.asarray(b)
+    a_flat = a.reshape(len(a), -1).astype(np.float32)
+    b_flat = b.reshape(len(b), -1).astype(np.float32)
+    inter = a_flat @ b_flat.T
+    union = a_flat.sum(1)[:, None] + b_flat.sum(1)[None, :] - inter
     return _ratio(inter, union)
 
 
@@ -180,7 +188,7 @@ def ap50(pred_masks: Any, scores: Any, gt_masks: Any) -> float:
         n_targets += len(gts)
         hits = np.zeros(len(preds), dtype=bool)
         if len(preds) and len(gts):
-            ious = _iou_matrix(preds, gts)
+            ious = iou_matrix(preds, gts)
             taken = np.zeros(len(gts), dtype=bool)
             for p in np.argsort(-image_scores, kind="stable"):
                 candidates = np.where(taken, -1.0, ious[p])

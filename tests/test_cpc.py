@@ -11,7 +11,6 @@ from samkit.methods.cpc import (
     EntityCausalModule,
     TaskCausalModule,
     calibrated,
-    cross_attentions,
 )
 
 SCENES = {"kind": "shapescenes", "size": 64, "seed": 5}
@@ -51,21 +50,21 @@ def test_entity_module_gives_one_xi_per_cross_attention_with_zero_rows_for_outpu
 
 def test_zero_calibration_leaves_the_decoder_unchanged_and_the_modules_are_restored():
     method = make_cpc()
-    decoder = method.sam.mask_decoder
-    before = [getattr(owner, name) for owner, name, _ in cross_attentions(decoder)]
+    places = method.adapter.decoder_cross_attentions()
+    before = [getattr(owner, name) for owner, name, _ in places]
     sample = batch_of(method, 1)[0]
     embedding = method.embed([sample["image"]])
     sparse, dense = method.adapter.prompt_tokens(boxes=sample["boxes"][0], original_size=sample["image"].shape[:2])
     plain, _ = method.adapter.decode(embedding, sparse, dense, multimask=False)
     rows = len(sparse)
     xis = [torch.zeros(rows, 5 + sparse.shape[1], embedding.image_embed[0, 0].numel()) for _ in before]
-    with calibrated(decoder, xis) as final:
+    with calibrated(method.adapter, xis) as final:
         calibrated_out, _ = method.adapter.decode(embedding, sparse, dense, multimask=False)
         assert final.weights is not None
     torch.testing.assert_close(calibrated_out, plain, rtol=1e-5, atol=1e-5)
-    assert [getattr(owner, name) for owner, name, _ in cross_attentions(decoder)] == before
+    assert [getattr(owner, name) for owner, name, _ in places] == before
     xis[0][:, 5:] = 5.0 * torch.randn_like(xis[0][:, 5:])
-    with calibrated(decoder, xis):
+    with calibrated(method.adapter, xis):
         shifted, _ = method.adapter.decode(embedding, sparse, dense, multimask=False)
     assert not torch.allclose(shifted, plain, atol=1e-3)  # the calibration reaches the masks
 

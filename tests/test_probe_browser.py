@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samkit.labbrowser import (CHROMIUM_ARGS, LabError, act, image_to_page, jupyterlab, require_chromium,
-                               run_notebook)
+from tools.labbrowser import (CHROMIUM_ARGS, LabError, act, image_to_page, jupyterlab, require_chromium,
+                              run_notebook)
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "05_prompt_probe.ipynb"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from samkit import landscape
+from samkit.analysis import landscape
 from samkit.methods.prosam import (
     ProSAM,
     VisualReferencePromptEncoder,

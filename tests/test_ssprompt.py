@@ -14,11 +14,11 @@ from samkit.methods.ssprompt import (
     class_iou,
     class_mask_logits,
     confusion_matrix,
-    few_shot_indices,
     fuse,
     labels_on_grid,
     point_grid,
 )
+from samkit.datasets.fewshot import few_shot_indices
 from samkit.metrics import semantic_miou
 
 TINY_TEXT_FIT = {"steps": 1, "batch": 1, "data": {"kind": "shapescenes", "split": "train", "classes": "all",
@@ -204,7 +204,8 @@ def test_text_prompt_projection_is_fitted_once_then_read_from_the_cache(monkeypa
 def test_semantic_folder_reads_cityscapes_and_ade20k_layouts(tmp_path):
     from PIL import Image
 
-    from samkit.methods.ssprompt import CITYSCAPES_CLASSES, SemanticFolder, semantic_data
+    from samkit.datasets.semantic import CITYSCAPES_CLASSES, SemanticFolder
+    from samkit.datasets.specs import semantic_data
 
     train_ids = np.full((16, 32), 255, dtype=np.uint8)
     train_ids[:8] = 0  # road

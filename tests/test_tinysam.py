@@ -1,4 +1,4 @@
-"""TinySAM: the shipped checkpoint, its integrity check, and the pre-training step."""
+"""TinySAM: the shipped checkpoint, its integrity check, and its pre-training (a method of the trainer)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import samkit
-from samkit.checkpoints import CheckpointError
+from samkit.checkpoints import CheckpointError, file_sha256
 from samkit.models import tinysam
-from samkit.models.tinysam_train import PretrainConfig, Pretrainer, sample_targets
+from samkit.methods import build_method
+from samkit.methods.tinysam_pretrain import TinySamPretraining
 
 
 def test_shipped_checkpoint_loads_and_matches_its_sha256():
@@ -41,28 +42,51 @@ def test_save_load_round_trip(tmp_path):
         torch.testing.assert_close(again.module.state_dict()[key], value)
 
 
-def test_targets_use_only_base_and_stuff_classes():
-    config = PretrainConfig(steps=1, scenes_per_step=4)
-    trainer_data = Pretrainer(samkit.load_model("tinysam", checkpoint="random", device="cpu"), config).data
-    assert trainer_data.classes == "base"
-    scenes = [trainer_data[i] for i in range(4)]
-    targets = sample_targets(scenes, config, np.random.default_rng(0))
-    assert 1 <= len(targets) <= 4 * config.targets_per_scene
-    for target in targets:
-        assert target.mask.any()
-        if len(target.points):
-            inside = target.mask[target.points[:, 1].astype(int), target.points[:, 0].astype(int)]
-            assert inside[target.labels == 1].all()
+def pretraining(**args) -> TinySamPretraining:
+    torch.manual_seed(0)
+    small = {"scenes_per_epoch": 4, "targets_per_scene": 2, "val_scenes": 2, "image_size": 128}
+    return build_method("tinysam_pretrain", {**small, **args}, torch.device("cpu"))
+
+
+def test_targets_use_only_base_and_stuff_classes_and_epochs_draw_fresh_scenes():
+    method = pretraining(targets_per_scene=4)
+    assert method.data.classes == "base"
+    first = [method.scene(i).image for i in range(4)]
+    method.epoch = 1
+    assert not any(np.array_equal(a, method.scene(i).image) for i in range(4) for a in first)
+    for index in range(4):
+        sample = method.train_sample(index, np.random.default_rng(index))
+        assert 1 <= len(sample["targets"]) <= 4 and sum(t.refine for t in sample["targets"]) >= 1
+        for target in sample["targets"]:
+            assert target.mask.any()
+            if len(target.points):
+                inside = target.mask[target.points[:, 1].astype(int), target.points[:, 0].astype(int)]
+                assert inside[target.labels == 1].all()
 
 
 def test_one_pretraining_step_updates_encoder_and_decoder():
-    torch.manual_seed(0)
-    model = samkit.load_model("tinysam", checkpoint="random", device="cpu")
-    before = {k: v.clone() for k, v in model.module.state_dict().items()}
-    trainer = Pretrainer(model, PretrainConfig(steps=2, scenes_per_step=2, targets_per_scene=2))
-    logs = trainer.step(0, np.random.default_rng(0))
-    assert np.isfinite(logs["loss"]) and logs["loss"] > 0
-    after = model.module.state_dict()
+    method = pretraining()
+    before = {k: v.clone() for k, v in method.sam.state_dict().items()}
+    batch = [method.train_sample(i, np.random.default_rng(i)) for i in range(2)]
+    loss, logs = method(batch)
+    assert torch.isfinite(loss) and loss > 0
+    assert {"loss_refine_box", "loss_refine_points"} & set(logs)  # every scene refines at least one target
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-3)
+    loss.backward()
+    optimizer.step()
+    after = method.sam.state_dict()
     for part in ("image_encoder.blocks.0.attn.qkv.weight", "mask_decoder.iou_token.weight",
                  "prompt_encoder.point_embeddings.1.weight"):
         assert not torch.equal(before[part], after[part]), f"{part} did not change"
+
+
+def test_train_command_writes_a_checkpoint_that_loads(tmp_path, capsys):
+    out = tmp_path / "tinysam.safetensors"
+    tinysam.main(["train", f"run_dir={tmp_path / 'run'}", "epochs=1", "eval_every=1", "progress=false",
+                  "batch_size=2", "warmup_steps=1", "method_args.scenes_per_epoch=2", "method_args.val_scenes=2",
+                  "method_args.targets_per_scene=1", "--out", str(out), "--eval-scenes", "2"])
+    assert (tmp_path / "tinysam.safetensors.sha256").read_text().split()[0] == file_sha256(out)
+    report = (tmp_path / "tinysam_report.json").read_text()
+    assert '"box_miou_base"' in report and '"history"' in report
+    trained = samkit.load_model("tinysam", checkpoint=out, device="cpu")
+    assert trained.checkpoint_sha256 == file_sha256(out)

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from samkit.train import fit, load_config, load_weights, trainable_weights
-from samkit.train.method import build_method
+from samkit.methods import build_method
 from samkit.train.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -203,3 +203,22 @@ def _class_names(dataset: Sequence, classes: Iterable[str | int] | str) -> tuple
 
 def _is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def few_shot_indices(classes_per_image: Sequence[set[int]], num_classes: int, shots: int, seed: int = 0) -> list[int]:
+    """k-shot selection ("16 labelled images for each class"): from the rarest class up, add random
+    images that contain the class until `shots` chosen images contain it (or every image that does)."""
+    if not isinstance(shots, int) or shots < 1:
+        raise bad_argument("shots", "an int >= 1", shots)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(classes_per_image))
+    containing = [[int(i) for i in order if c in classes_per_image[i]] for c in range(num_classes)]
+    counts, chosen = np.zeros(num_classes, dtype=int), []
+    for c in sorted(range(num_classes), key=lambda c: len(containing[c])):
+        for i in containing[c]:
+            if counts[c] >= shots:
+                break
+            if i not in chosen:
+                chosen.append(i)
+                counts[list(classes_per_image[i])] += 1
+    return sorted(chosen)

@@ -6,6 +6,7 @@ ShapeScenes (class profile) and a real data set on disk (full profile):
     train: {kind: shapescenes, split: train, classes: base, n: 96, style: ocean}
     train: {kind: folder, root: /data/Kvasir-SEG, layout: kvasir}
     train: {kind: coco, image_dir: /data/coco/train2017, annotation_json: /data/coco/instances.json}
+    train: {kind: semantic_folder, root: /data/cityscapes, layout: cityscapes, split: train}
 
 Every other key is passed to the data set's constructor, except two views on the result:
 `keep_classes`, a list of class names whose instances are kept (base/novel splits of real
@@ -22,14 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from samkit.datasets.coco import CocoInstances, CocoPanoptic
+from samkit.datasets.folders import FolderPairs
+from samkit.datasets.semantic import SemanticData, SemanticFolder
+from samkit.datasets.shapescenes import STUFF_CLASSES, VOCABULARY, ShapeScenes
 from samkit.errors import bad_argument, call_with
 
 
-def _kinds() -> dict[str, Callable[..., Sequence]]:
-    from samkit import datasets
-
-    return {"shapescenes": datasets.ShapeScenes, "folder": datasets.FolderPairs,
-            "coco": datasets.CocoInstances, "coco_panoptic": datasets.CocoPanoptic}
+KINDS: dict[str, Callable[..., Sequence]] = {
+    "shapescenes": ShapeScenes, "folder": FolderPairs, "coco": CocoInstances, "coco_panoptic": CocoPanoptic,
+    "semantic_folder": SemanticFolder,
+}
 
 
 def spec_arguments(spec: dict[str, Any]) -> dict[str, Any]:
@@ -42,8 +46,8 @@ def spec_arguments(spec: dict[str, Any]) -> dict[str, Any]:
 def build_dataset(spec: dict[str, Any], name: str = "data") -> Sequence:
     """The data set a config entry describes; `name` is the config key, for error messages."""
     if not isinstance(spec, dict) or "kind" not in spec:
-        raise bad_argument(name, "a map with a `kind` key (shapescenes, folder, coco, coco_panoptic)", spec)
-    kinds = _kinds()
+        raise bad_argument(name, "a map with a `kind` key (shapescenes, folder, coco, coco_panoptic, semantic_folder)", spec)
+    kinds = KINDS
     arguments = spec_arguments(spec)
     if spec["kind"] not in kinds:
         raise bad_argument(f"{name}.kind", f"one of {sorted(kinds)}", spec["kind"])
@@ -89,3 +93,25 @@ class ClassSubset(Sequence):
         if "class_names" in {f.name for f in dataclasses.fields(sample)}:  # real-data samples store the names
             changes["class_names"] = [n for n, k in zip(sample.class_names, keep) if k]
         return dataclasses.replace(sample, **changes)
+
+
+def semantic_data(spec: dict[str, Any], name: str = "data", stuff_classes: Sequence[str] | None = None,
+                  short_side: int | None = None) -> SemanticData:
+    """The data set a config entry describes, as SemanticData: ShapeScenes (its 15 classes, stuff
+    included), any reader of `samkit.datasets`, or `{kind: semantic_folder, root, layout, split}`."""
+    dataset = build_dataset(spec, name)
+    inner = getattr(dataset, "dataset", dataset)  # a SampleRange / ClassSubset view keeps its source
+    if isinstance(inner, ShapeScenes):
+        names, stuff, offset = VOCABULARY, STUFF_CLASSES, 0
+    else:
+        vocabulary = getattr(inner, "vocabulary", None)
+        if vocabulary is None:
+            raise bad_argument(name, "a data set with semantic label maps and a vocabulary", spec)
+        names, offset = tuple(vocabulary[1:]), 1
+        stuff = tuple(getattr(inner, "stuff_classes", ()))
+    if stuff_classes is not None:
+        unknown = sorted(set(stuff_classes) - set(names))
+        if unknown:
+            raise bad_argument("stuff_classes", f"class names of {name}", unknown)
+        stuff = tuple(stuff_classes)
+    return SemanticData(dataset, tuple(names), tuple(stuff), offset, short_side)

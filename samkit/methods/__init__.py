@@ -1,10 +1,9 @@
-"""One module per method; importing this package registers them with the trainer."""
+"""Methods: `Method` (what the trainer trains) and its registry, then one module per paper.
 
-from samkit.methods import finetune  # noqa: F401
-from samkit.methods import box_generator  # noqa: F401
-from samkit.methods import cpc  # noqa: F401
-from samkit.methods import prosam  # noqa: F401
-from samkit.methods import ssprompt  # noqa: F401
-from samkit.methods import openworld  # noqa: F401
+The trainer (`samkit.train`) imports this package; nothing here imports the trainer. A config's
+`method: name` is built by `build_method`, which imports the kit's method module on first use.
+"""
 
-__all__ = ["box_generator", "cpc", "finetune", "openworld", "prosam", "ssprompt"]
+from samkit.methods.base import KIT_METHODS, METHODS, Method, build_method, register_method
+
+__all__ = ["KIT_METHODS", "METHODS", "Method", "build_method", "register_method"]

@@ -23,7 +23,7 @@ from samkit.metrics import iou
 from samkit.models.base import ImageEmbedding
 from samkit.models.registry import load_model
 from samkit.prompts import center_point, random_point, tight_box
-from samkit.train.method import Method, register_method
+from samkit.methods.base import Method, register_method
 
 
 class BoxHead(nn.Module):

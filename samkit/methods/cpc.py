@@ -32,9 +32,9 @@ from torch import Tensor, nn
 
 from samkit.errors import bad_argument
 from samkit.methods.finetune import Finetune, mask_loss, zero_output_mlp
-from samkit.models.base import ImageEmbedding
+from samkit.models.base import ImageEmbedding, SamAdapter
 from samkit.prompts import random_annotation_box
-from samkit.train.method import register_method
+from samkit.methods.base import register_method
 
 VARIANTS = ("fixed", "learnable", "task", "causal")  # Fig. 6: the prompt types compared
 
@@ -95,19 +95,14 @@ class CalibratedAttention(nn.Module):
         return a.out_proj(a._recombine_heads(self.weights @ v))
 
 
-def cross_attentions(decoder: nn.Module) -> list[tuple[nn.Module, str, bool]]:
-    """(owner, attribute, image_to_token) of every cross-attention of SAM's two-way transformer."""
-    transformer = decoder.transformer
-    found = []
-    for layer in transformer.layers:
-        found += [(layer, "cross_attn_token_to_image", False), (layer, "cross_attn_image_to_token", True)]
-    return found + [(transformer, "final_attn_token_to_image", False)]
-
-
 @contextmanager
-def calibrated(decoder: nn.Module, xis: Sequence[Tensor]) -> Iterator[CalibratedAttention]:
-    """Within the block, the decoder's cross-attentions add Xi (Eq. 2); yields the final one."""
-    places = cross_attentions(decoder)
+def calibrated(model: SamAdapter, xis: Sequence[Tensor]) -> Iterator[CalibratedAttention]:
+    """Within the block, the decoder's cross-attentions add Xi (Eq. 2); yields the final one.
+
+    The attentions are swapped in place, so the decoder must take its general path meanwhile:
+    the shared-image fast path reads the attention weights directly (the adapter's
+    `shared_image_decoding` is switched off by the method, see `CausalPromptCalibration`)."""
+    places = model.decoder_cross_attentions()
     originals = [getattr(owner, name) for owner, name, _ in places]
     wrapped = [CalibratedAttention(original, xi, transpose)
                for original, xi, (_, _, transpose) in zip(originals, xis, places)]
@@ -152,10 +147,12 @@ class CausalPromptCalibration(Finetune):
         super().__init__(train, eval_base, eval_novel, **finetune_args)
         self.variant, self.n_sets, self.lambda_xi, self.lambda_en = variant, n_sets, lambda_xi, lambda_en
         dim = self.adapter.token_dim
-        self.output_tokens = self.sam.mask_decoder.num_mask_tokens + 1  # IoU token + mask tokens
+        self.output_tokens = self.adapter.output_tokens  # IoU token + mask tokens
         self.task_module = TaskCausalModule(dim) if variant in ("task", "causal") else None
-        self.entity_module = (EntityCausalModule(len(cross_attentions(self.sam.mask_decoder)), dim, xi_rank)
+        self.entity_module = (EntityCausalModule(len(self.adapter.decoder_cross_attentions()), dim, xi_rank)
                               if variant == "causal" else None)
+        if self.entity_module is not None:  # `calibrated` swaps the decoder's attentions: general path
+            self.adapter.shared_image_decoding = False
         self.learned_token = nn.Parameter(torch.zeros(1, 1, dim)) if variant == "learnable" else None
         self.use_capl = True  # False: the same fine-tuned SAM on raw prompts (a control at test time)
         self.capl_names = {name for name, p in self.named_parameters()
@@ -188,7 +185,7 @@ class CausalPromptCalibration(Finetune):
             low_res, _ = self.adapter.decode(per_prompt, sparse, dense, multimask=False)
             return self.per_image_logits(low_res, embedding, boxes), None, []
         xis = self.entity_module(sparse, per_prompt.image_embed.to(sparse), self.output_tokens)
-        with calibrated(self.sam.mask_decoder, xis) as final_attention:  # Eq. 2's calibration
+        with calibrated(self.adapter, xis) as final_attention:  # Eq. 2's calibration
             low_res, _ = self.adapter.decode(per_prompt, sparse, dense, multimask=False)
         return self.per_image_logits(low_res, embedding, boxes), final_attention.weights, xis
 

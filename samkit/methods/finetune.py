@@ -31,7 +31,7 @@ from samkit.metrics import dice
 from samkit.models.base import ImageEmbedding, SamAdapter
 from samkit.models.registry import load_model
 from samkit.prompts import jittered_box, tight_box
-from samkit.train.method import Method, register_method
+from samkit.methods.base import Method, register_method
 
 TRAINABLE = ("lora", "decoder", "prompt_adapter")
 
@@ -83,9 +83,11 @@ class Finetune(Method):
         self.sam.requires_grad_(False)
         self.prompt_adapter = PromptAdapter(self.adapter.token_dim) if trainable == "prompt_adapter" else None
         if trainable == "lora":
-            add_lora(self.sam, rank=lora_rank, parts=lora_parts, unfreeze=unfreeze)
+            add_lora(self.sam, rank=lora_rank, parts=lora_parts, unfreeze=unfreeze, paths=self.adapter.part_paths)
+            if "mask_decoder" in lora_parts:  # the fast path reads the base weights only (see samkit.lora)
+                self.adapter.shared_image_decoding = False
         elif trainable == "decoder":
-            self.sam.mask_decoder.requires_grad_(True)
+            self.adapter.mask_decoder.requires_grad_(True)
         self.encoder_trains = trainable == "lora" and "image_encoder" in lora_parts
         # A frozen encoder's embeddings are computed once; LoRA on the encoder makes them stale.
         self.encoder = None if self.encoder_trains else CachedEncoder(self.adapter, memory_items=4096)

@@ -46,33 +46,15 @@ from samkit.cache import CachedEncoder
 from samkit.datasets import BACKGROUND, STUFF_CLASSES, VOCABULARY, ShapeScenes
 from samkit.datasets.specs import build_dataset
 from samkit.errors import bad_argument
-from samkit.metrics import ap50, semantic_miou
+from samkit.metrics import ap50, iou_matrix, semantic_miou
 from samkit.models.base import ImageEmbedding, SamAdapter, masks_on_grid
 from samkit.models.registry import load_model
 from samkit.models.text import TextEncoder
-from samkit.train.method import Method, register_method
+from samkit.positions import sine_positions
+from samkit.methods.base import Method, register_method
 
 # ---------------------------------------------------------------------------------------
 # The language adapter (section 3, Figure 4b/c)
-
-
-def sine_positions(height: int, width: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """(height * width, dim) fixed 2-D sine/cosine positions (DETR's), row-major like a flattened map.
-
-    Added to the image keys of the cross-attention, so queries can attend to *where* things are,
-    which is what lets different tie-breakers pick different instances.
-    """
-    if dim % 4:
-        raise bad_argument("dim", "a multiple of 4", dim)
-    quarter = dim // 4
-    frequencies = 1.0 / (10000 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter))
-    rows = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height * 2 * math.pi
-    cols = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width * 2 * math.pi
-    row_angles = rows[:, None] * frequencies[None]  # (h, dim/4)
-    col_angles = cols[:, None] * frequencies[None]  # (w, dim/4)
-    row_part = torch.cat([row_angles.sin(), row_angles.cos()], dim=1)[:, None].expand(height, width, -1)
-    col_part = torch.cat([col_angles.sin(), col_angles.cos()], dim=1)[None].expand(height, width, -1)
-    return torch.cat([row_part, col_part], dim=2).reshape(height * width, dim)
 
 
 class SoftPromptLayer(nn.Module):
@@ -170,7 +152,7 @@ class LanguageAdapter(nn.Module):
             height, width = image_embed.shape[-2:]
             memory = self.norm_memory(image_embed.flatten(2).transpose(1, 2))  # (Q, h*w, C): F, flattened
             memory_pos = (positions if positions is not None
-                          else sine_positions(height, width, self.token_dim, image_embed.device)).to(memory.dtype)
+                          else sine_positions(height, width, self.token_dim, device=image_embed.device)).to(memory.dtype)
         for layer in self.layers:  # the soft-prompting transformer (Figure 4c)
             queries = layer(queries, memory, memory_pos)
         return queries
@@ -254,14 +236,6 @@ def matched_mask_loss(logits: torch.Tensor, targets: torch.Tensor, focal_weight:
 # Inference (appendix A.2) and the numbers of the notebook
 
 
-def mask_iou_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(N, M) IoU between boolean masks a (N, H, W) and b (M, H, W); two empty masks: 0."""
-    a_flat, b_flat = a.flatten(1).float(), b.flatten(1).float()
-    inter = a_flat @ b_flat.T
-    union = a_flat.sum(1)[:, None] + b_flat.sum(1)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
-
-
 def mask_nms(masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0.5) -> torch.Tensor:
     """Greedy non-maximum suppression on masks: indices kept, best score first.
 
@@ -270,7 +244,7 @@ def mask_nms(masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float = 0
     if masks.ndim != 3 or scores.shape != masks.shape[:1]:
         raise bad_argument("masks/scores", "(N, H, W) masks and (N,) scores", masks)
     order = torch.argsort(scores, descending=True, stable=True)
-    ious = mask_iou_matrix(masks[order], masks[order]).cpu().numpy()
+    ious = iou_matrix(masks[order], masks[order]).cpu().numpy()
     suppressed = np.zeros(len(order), dtype=bool)
     kept: list[int] = []
     for position in range(len(order)):
@@ -595,7 +569,7 @@ class OpenWorld(Method):
                        "distinct": distinct_masks(masks), "best_score": float(scores.max())}
                 for rule, threshold in rules.items():
                     kept = select_instances(masks, scores, threshold, self.nms_iou)
-                    hits = mask_iou_matrix(truth, masks[kept]) >= 0.5 if len(truth) and len(kept) else None
+                    hits = iou_matrix(truth, masks[kept]) >= 0.5 if len(truth) and len(kept) else None
                     row[f"recalled{rule}"] = 0 if hits is None else int(hits.any(1).sum())
                     row[f"kept{rule}"] = len(kept)
                     for store, value in zip(collected[rule], (masks[kept], scores[kept].float(), truth)):
@@ -669,7 +643,7 @@ def semantic_metric(pred_maps: list[np.ndarray], truth_maps: list[np.ndarray], v
 
 
 __all__ = ["Evaluation", "LanguageAdapter", "OpenWorld", "QueryOutput", "SoftPromptLayer", "class_probability",
-           "class_targets", "distinct_masks", "hungarian_match", "instance_metrics", "mask_iou_matrix", "mask_nms",
+           "class_targets", "distinct_masks", "hungarian_match", "instance_metrics", "mask_nms",
            "matched_mask_loss", "pairwise_dice_cost", "pairwise_focal_cost", "select_instances", "semantic_merge",
-           "semantic_metric", "sine_positions", "stuff_classes_of", "stuff_taken_by_things", "thing_classes_of",
+           "semantic_metric", "stuff_classes_of", "stuff_taken_by_things", "thing_classes_of",
            "vocabulary_of"]

@@ -8,7 +8,7 @@ mu and log sigma, Eq. 5), trains on K reparameterised samples (Eq. 6-7, Eq. 10) 
 SAM with the mean at inference. Equation numbers are the paper's
 (`../shared/papers/prosam_002_*.txt`); Sec. 8 describes the encoder.
 
-The single-object experiment of Fig. 4 (prompts as free parameters) is in `samkit.landscape`.
+The single-object experiment of Fig. 4 (prompts as free parameters) is in `samkit.analysis.landscape`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from samkit.losses import bce_dice_loss  # Eq. 4
 from samkit.lru import LruCache
 from samkit.models.base import ImageEmbedding, SamAdapter, masks_on_grid
 from samkit.models.registry import load_model
-from samkit.train.method import Method, register_method
+from samkit.positions import sine_positions
+from samkit.methods.base import Method, register_method
 
 VARIANTS = ("vrp", "student_t", "gaussian")  # VRP-SAM, ProSAM, ProSAM with a Gaussian (Table 4)
 BACKBONES = ("sam", "resnet50")
@@ -95,16 +96,6 @@ def sample_prompts(family: str, mu: torch.Tensor, sigma: torch.Tensor, samples: 
 
 
 # ---- Sec. 8: the visual reference prompt encoder --------------------------------------
-def _sine_positions(dim: int, height: int, width: int) -> torch.Tensor:
-    """A (1, dim, h, w) 2-D sine/cosine position code (no weights: works with any SAM's grid)."""
-    quarter = dim // 4
-    frequencies = 1.0 / (100.0 ** (torch.arange(quarter) / quarter))
-    ys, xs = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
-    angles = [axis[None] * frequencies[:, None, None] * 2 * math.pi for axis in (ys, xs)]
-    code = torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)])
-    return F.pad(code, (0, 0, 0, 0, 0, dim - code.shape[0]))[None]
-
-
 def _pseudo_mask(reference: torch.Tensor, reference_mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Sec. 8.1: for every target pixel the best cosine similarity to a reference foreground pixel,
     min-max normalised to [0, 1] per image (PFENet's prior). Frozen features, no gradient."""
@@ -187,7 +178,8 @@ class VisualReferencePromptEncoder(nn.Module):
         """Frozen features of reference and target (B, C, h, w), the reference mask on that grid
         (B, 1, h, w) -> (mu or the tokens (B, m, 256), log sigma (B, m, 256) or None, pseudo-mask)."""
         enhanced_ref, enhanced_tgt, pseudo = self.augment(reference, reference_mask, target)
-        position = _sine_positions(self.dim, *target.shape[2:]).to(target).flatten(2).transpose(1, 2)
+        # Sec. 8 leaves the code open: sine positions over the grid's corners, temperature 100.
+        position = sine_positions(*target.shape[2:], self.dim, temperature=100.0, grid="corners").to(target)
         ref_tokens = enhanced_ref.flatten(2).transpose(1, 2)  # (B, hw, dim)
         tgt_tokens = enhanced_tgt.flatten(2).transpose(1, 2)
         queries = self.queries.expand(target.shape[0], -1, -1)

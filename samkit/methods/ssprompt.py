@@ -35,29 +35,26 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
 from samkit.cache import CachedEncoder
 from samkit.checkpoints import CheckpointError
-from samkit.datasets import STUFF_CLASSES, VOCABULARY, ShapeScenes
-from samkit.datasets.readers import BACKGROUND, Reader, make_sample, read_image, read_rgb
-from samkit.datasets.specs import build_dataset, spec_arguments
-from samkit.errors import bad_argument, call_with
+from samkit.datasets.fewshot import few_shot_indices
+from samkit.datasets.semantic import SemanticData
+from samkit.datasets.specs import semantic_data
+from samkit.errors import bad_argument
 from samkit.metrics import class_iou
 from samkit.metrics import confusion_matrix as _labelled_confusion_matrix
 from samkit.models.base import ImageEmbedding, SamAdapter, Size
 from samkit.models.registry import load_model
 from samkit.models.text_prompts import TextPromptEncoder, text_prompt_cache_path
-from samkit.train.method import Method, register_method
+from samkit.methods.base import Method, register_method
 
 IGNORE = -1  # label of pixels that count for nothing (unlabelled, padding)
 FUSIONS = ("fixed", "average", "weighted")
@@ -197,148 +194,6 @@ def labels_on_grid(labels: np.ndarray, input_size: Size, image_size: int, grid: 
 def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, C) pixel counts, row = true class, column = predicted; IGNORE pixels left out."""
     return _labelled_confusion_matrix(predicted, labels, num_classes, ignore_index=IGNORE)
-
-
-# ---- data: images with semantic label maps ----------------------------------------------------
-CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-                      "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-                      "motorcycle", "bicycle")  # train ids 0-18
-CITYSCAPES_STUFF = CITYSCAPES_CLASSES[:11]
-SEMANTIC_LAYOUTS = ("cityscapes", "ade20k")
-
-
-class SemanticFolder(Reader):
-    """Images with semantic label maps in the Cityscapes or ADE20K (SceneParsing) layout.
-
-    cityscapes: root/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png with
-      root/gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png (made by cityscapesscripts'
-      createTrainIdLabelImgs; train id 255 is unlabelled). split: train | val.
-    ade20k: root/images/<split>/<name>.jpg with root/annotations/<split>/<name>.png (0 = other,
-      unlabelled; 1-150 the classes named in root/objectInfo150.txt). split: training | validation.
-    As every reader: vocabulary[0] is "background" (unlabelled) and `semantic` holds vocabulary ids.
-    """
-
-    def __init__(self, root: str | Path, layout: str = "cityscapes", split: str = "train",
-                 skip_bad: bool = False, validate: bool | None = None) -> None:
-        if layout not in SEMANTIC_LAYOUTS:
-            raise bad_argument("layout", f"one of {SEMANTIC_LAYOUTS}", layout)
-        self.root, self.layout, self.split = Path(root), layout, split
-        if layout == "cityscapes":
-            self.vocabulary, self.stuff_classes = (BACKGROUND, *CITYSCAPES_CLASSES), CITYSCAPES_STUFF
-            images = sorted((self.root / "leftImg8bit" / split).glob("*/*_leftImg8bit.png"))
-            pairs = [(p, self.root / "gtFine" / split / p.parent.name /
-                      p.name.replace("_leftImg8bit.png", "_gtFine_labelTrainIds.png")) for p in images]
-        else:
-            self.vocabulary, self.stuff_classes = (BACKGROUND, *self._ade_names()), ()
-            images = sorted((self.root / "images" / split).glob("*.jpg"))
-            pairs = [(p, self.root / "annotations" / split / f"{p.stem}.png") for p in images]
-        if not pairs:
-            raise bad_argument("root", f"a {layout} folder with {split} images", str(self.root))
-        bad = [(str(image), f"image has no label map {label.name}") for image, label in pairs if not label.is_file()]
-        self._settle([pair for pair in pairs if pair[1].is_file()], bad, skip_bad, validate)
-
-    def _ade_names(self) -> tuple[str, ...]:
-        table = self.root / "objectInfo150.txt"  # Idx, Ratio, Train, Val, Name (tab-separated)
-        if not table.is_file():
-            raise bad_argument("root", "an ADEChallengeData2016 folder with objectInfo150.txt", str(self.root))
-        rows = [line.split("\t") for line in table.read_text().splitlines()[1:] if line.strip()]
-        return tuple(row[-1].split(",")[0].strip() for row in rows)  # "building, edifice" -> "building"
-
-    def label_map(self, index: int) -> np.ndarray:
-        """Sample `index`'s semantic map (vocabulary ids, 0 unlabelled) without decoding its image."""
-        return self._semantic(self._records[index][1])
-
-    def _semantic(self, path: Path) -> np.ndarray:
-        raw = np.asarray(read_image(path, "L"), dtype=np.int16)
-        if self.layout == "cityscapes":  # train ids 0-18 -> 1-19, 255 -> 0
-            return np.where(raw == 255, 0, raw + 1).astype(np.int16)
-        return raw
-
-    def _load(self, record: tuple[Path, Path], index: int):
-        image = read_rgb(record[0])
-        return make_sample(image, [], [], self._semantic(record[1]), index, self.vocabulary, record[0])
-
-    def _classes(self, record: tuple[Path, Path]) -> frozenset[str]:
-        return frozenset(self.vocabulary[c] for c in np.unique(self._semantic(record[1])) if c)
-
-
-@dataclass
-class SemanticData:
-    """A data set seen as (image, label map) pairs over `class_names`, labels -1 where unlabelled."""
-
-    dataset: Sequence
-    class_names: tuple[str, ...]
-    stuff_classes: tuple[str, ...]
-    offset: int  # label = stored id - offset (readers keep id 0 for unlabelled; ShapeScenes has none)
-    short_side: int | None = None  # resize so that the shorter side has this many pixels
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def item(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W, 3) uint8 image and (H, W) int64 labels in [-1, C)."""
-        sample = self.dataset[index]
-        return self._resized(sample.image, sample.semantic.astype(np.int64) - self.offset)
-
-    def classes_in(self, index: int) -> set[int]:
-        """The classes labelled in sample `index` (decodes only the label map where the reader can)."""
-        source = getattr(self.dataset, "label_map", None)
-        stored = source(index) if source is not None else self.dataset[index].semantic
-        return {int(c) - self.offset for c in np.unique(stored) if int(c) - self.offset >= 0}
-
-    def _resized(self, image: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.short_side is None or min(image.shape[:2]) == self.short_side:
-            return image, labels
-        height, width = image.shape[:2]
-        scale = self.short_side / min(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL: (W, H)
-        image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-        labels = np.asarray(Image.fromarray(labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
-        return image, labels.astype(np.int64)
-
-
-def semantic_data(spec: dict[str, Any], name: str = "data", stuff_classes: Sequence[str] | None = None,
-                  short_side: int | None = None) -> SemanticData:
-    """The data set a config entry describes, as SemanticData: ShapeScenes (its 15 classes, stuff
-    included), any reader of `samkit.datasets`, or `{kind: semantic_folder, root, layout, split}`."""
-    if isinstance(spec, dict) and spec.get("kind") == "semantic_folder":
-        dataset = call_with(SemanticFolder, spec_arguments(spec), name)
-    else:
-        dataset = build_dataset(spec, name)
-    inner = getattr(dataset, "dataset", dataset)  # a SampleRange / ClassSubset view keeps its source
-    if isinstance(inner, ShapeScenes):
-        names, stuff, offset = VOCABULARY, STUFF_CLASSES, 0
-    else:
-        vocabulary = getattr(inner, "vocabulary", None)
-        if vocabulary is None:
-            raise bad_argument(name, "a data set with semantic label maps and a vocabulary", spec)
-        names, offset = tuple(vocabulary[1:]), 1
-        stuff = tuple(getattr(inner, "stuff_classes", ()))
-    if stuff_classes is not None:
-        unknown = sorted(set(stuff_classes) - set(names))
-        if unknown:
-            raise bad_argument("stuff_classes", f"class names of {name}", unknown)
-        stuff = tuple(stuff_classes)
-    return SemanticData(dataset, tuple(names), tuple(stuff), offset, short_side)
-
-
-def few_shot_indices(classes_per_image: Sequence[set[int]], num_classes: int, shots: int, seed: int = 0) -> list[int]:
-    """k-shot selection ("16 labelled images for each class"): from the rarest class up, add random
-    images that contain the class until `shots` chosen images contain it (or every image that does)."""
-    if not isinstance(shots, int) or shots < 1:
-        raise bad_argument("shots", "an int >= 1", shots)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(classes_per_image))
-    containing = [[int(i) for i in order if c in classes_per_image[i]] for c in range(num_classes)]
-    counts, chosen = np.zeros(num_classes, dtype=int), []
-    for c in sorted(range(num_classes), key=lambda c: len(containing[c])):
-        for i in containing[c]:
-            if counts[c] >= shots:
-                break
-            if i not in chosen:
-                chosen.append(i)
-                counts[list(classes_per_image[i])] += 1
-    return sorted(chosen)
 
 
 # ---- the default semantic prompts: fit (once) and cache the text prompt projection -----------
@@ -556,7 +411,6 @@ class SSPrompt(Method):
                 f"{len(self.class_names)} classes, N = {len(self.grid)}: " + super().describe())
 
 
-__all__ = ["CITYSCAPES_CLASSES", "FUSIONS", "IGNORE", "SSPrompt", "SemanticData", "SemanticFolder",
-           "TEXT_PROMPT_RECIPE", "VARIANTS", "PromptFusion", "LearnedClicks", "class_iou", "class_mask_logits",
-           "click_tokens", "confusion_matrix", "default_semantic_prompts", "few_shot_indices", "fit_text_prompts",
-           "fuse", "labels_on_grid", "point_grid", "semantic_data", "semantic_loss"]
+__all__ = ["FUSIONS", "IGNORE", "SSPrompt", "TEXT_PROMPT_RECIPE", "VARIANTS", "PromptFusion", "LearnedClicks",
+           "class_iou", "class_mask_logits", "click_tokens", "confusion_matrix", "default_semantic_prompts",
+           "fit_text_prompts", "fuse", "labels_on_grid", "point_grid", "semantic_loss"]

@@ -9,6 +9,10 @@ and exposes the same three batched calls:
 
 `decode` accepts any (B, N, 256) sparse tokens, not only those made by `prompt_tokens`:
 the four papers of this kit differ exactly in where those tokens come from.
+
+Training reaches SAM's parts through the adapter too (`image_encoder`, `prompt_encoder`,
+`mask_decoder`, `decoder_cross_attentions()`), never through one implementation's attribute
+names; a model without the part a method needs raises `UnsupportedModelError` naming it.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samkit.errors import bad_argument
+from samkit.errors import UnsupportedModelError, bad_argument
 from samkit.images import ImageLike, as_rgb_uint8
 
 Size = tuple[int, int]  # (height, width)
+PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 
 @dataclass
@@ -282,6 +287,68 @@ class SamAdapter(ABC):
     def low_res_output(self, low_res: torch.Tensor) -> torch.Tensor:
         """The low-res logits a predictor hands back (SAM2 clamps them; SAM does not)."""
         return low_res
+
+    # The fast path for many prompt sets on one image (segment_anything's decoder only, see
+    # `SegmentAnythingAdapter`); methods that change the decoder's modules set it to False.
+    shared_image_decoding: bool = False
+
+    # ---- SAM's parts, for training ---------------------------------------------------------
+    # Where each part lives inside `module` (segment_anything's names; SAM 2 and transformers
+    # override). LoRA builds its layer patterns from these paths.
+    part_paths: dict[str, str] = {"image_encoder": "image_encoder", "prompt_encoder": "prompt_encoder",
+                                  "mask_decoder": "mask_decoder"}
+
+    def part(self, name: str) -> nn.Module:
+        """SAM's part `name` ("image_encoder", "prompt_encoder" or "mask_decoder") inside `module`."""
+        if name not in PARTS:
+            raise bad_argument("name", f"one of {PARTS}", name)
+        path = self.part_paths.get(name)
+        if path:
+            try:
+                return self.module.get_submodule(path)
+            except AttributeError:
+                pass
+        raise UnsupportedModelError(f"{self.name} ({type(self).__name__}) has no {name} at "
+                                    f"module.{path or '?'}")
+
+    @property
+    def image_encoder(self) -> nn.Module:
+        return self.part("image_encoder")
+
+    @property
+    def prompt_encoder(self) -> nn.Module:
+        return self.part("prompt_encoder")
+
+    @property
+    def mask_decoder(self) -> nn.Module:
+        return self.part("mask_decoder")
+
+    @property
+    def low_res_size(self) -> Size:
+        """(h, w) of the decoder's low-res mask logits and of mask prompts: 4x the embedding grid."""
+        return tuple(self.prompt_encoder.mask_input_size)
+
+    @property
+    def output_tokens(self) -> int:
+        """The decoder's own tokens ahead of the prompt tokens: the IoU token and the mask tokens."""
+        return 1 + self.mask_decoder.num_mask_tokens
+
+    def decoder_cross_attentions(self) -> list[tuple[nn.Module, str, bool]]:
+        """(owner, attribute, image_to_token) of every cross-attention of the mask decoder's two-way
+        transformer, in the order they run. SAM and SAM 2 share this layout and their `Attention`
+        (q, k, v) modules, so a method may swap them (CPC-SAM's calibrated attention)."""
+        transformer = getattr(self.mask_decoder, "transformer", None)
+        layers = getattr(transformer, "layers", None)
+        names = ("cross_attn_token_to_image", "cross_attn_image_to_token")
+        if layers is None or not hasattr(transformer, "final_attn_token_to_image") or not all(
+                hasattr(layer, name) for layer in layers for name in names):
+            raise UnsupportedModelError(f"{self.name} ({type(self).__name__}): its mask decoder is not "
+                                        "segment_anything's two-way transformer (layers with cross_attn_token_"
+                                        "to_image / cross_attn_image_to_token, final_attn_token_to_image)")
+        found = []
+        for layer in layers:
+            found += [(layer, names[0], False), (layer, names[1], True)]
+        return found + [(transformer, "final_attn_token_to_image", False)]
 
     def __repr__(self) -> str:
         parameters = sum(p.numel() for p in self.module.parameters())

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from samkit.errors import UnsupportedModelError
 from samkit.models.base import ImageEmbedding, SamAdapter, Size
 
 
@@ -17,6 +18,15 @@ class TransformersAdapter(SamAdapter):
     seam is (prompt sets, tokens, 256) with one image per set, so each set is one "image"
     row with a single prompt set. Pre- and post-processing are the processor's own.
     """
+
+    part_paths = {"image_encoder": "vision_encoder", "prompt_encoder": "prompt_encoder",
+                  "mask_decoder": "mask_decoder"}
+
+    def decoder_cross_attentions(self):
+        # transformers' attention modules take (query, key, value, attention_similarity) and are not
+        # segment_anything's; a method that swaps them would silently compute something else.
+        raise UnsupportedModelError(f"{self.name} (TransformersAdapter): its decoder attention is transformers' "
+                                    "own; load the official checkpoint with segment_anything or sam2 instead")
 
     def __init__(self, model, processor, name: str, checkpoint_sha256: str | None, device: torch.device):
         self.model = model.to(device).eval()

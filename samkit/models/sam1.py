@@ -18,9 +18,18 @@ class SegmentAnythingAdapter(SamAdapter):
 
     Pre- and post-processing are the package's own (`ResizeLongestSide`, `Sam.preprocess`,
     `Sam.postprocess_masks`), so masks match `SamPredictor` exactly.
+
+    `shared_image_decoding` (on by default) decodes many prompt sets on one image through
+    `shared_image_decoder`: the same masks up to float rounding, 2-5x faster (`make bench`). Its
+    contract: it reads the decoder's projection weights directly, so it is only exact for the plain
+    segment_anything modules. `shared_image_decoder.supports` refuses any other module, and a method
+    that wraps or swaps decoder layers (LoRA on the decoder, CPC-SAM's calibrated attention) also
+    switches it off itself rather than rely on that check.
     """
 
-    def __init__(self, sam: Sam, name: str, checkpoint_sha256: str | None, device: torch.device):
+    def __init__(self, sam: Sam, name: str, checkpoint_sha256: str | None, device: torch.device,
+                 shared_image_decoding: bool = True):
+        self.shared_image_decoding = shared_image_decoding
         self.sam = sam.to(device).eval()
         self.module = self.sam
         self.name = name
@@ -69,7 +78,7 @@ class SegmentAnythingAdapter(SamAdapter):
         # mask input): the image side is shared, see shared_image_decoder. One or two prompt sets
         # have too little to share and keep the general path, which is then the cheaper one.
         decoder = self.sam.mask_decoder
-        if use_shared_image(decoder, embedding.image_embed, sparse, dense):
+        if self.shared_image_decoding and use_shared_image(decoder, embedding.image_embed, sparse, dense):
             return decode_shared_image(decoder, embedding.image_embed, self.sam.prompt_encoder.get_dense_pe(),
                                        dense, sparse, multimask)
         return self.run_decoder_general(embedding, sparse, dense, multimask)

@@ -33,6 +33,9 @@ class Sam2Adapter(SamAdapter):
     points before the clicks), so masks match it exactly.
     """
 
+    part_paths = {"image_encoder": "image_encoder", "prompt_encoder": "sam_prompt_encoder",
+                  "mask_decoder": "sam_mask_decoder"}
+
     def __init__(self, model: torch.nn.Module, name: str, checkpoint_sha256: str | None, device: torch.device):
         from sam2.utils.transforms import SAM2Transforms
 

@@ -1,18 +1,30 @@
-"""TinySAM: the embedded default model, its checkpoint, and (`python -m samkit.models.tinysam train`) its training."""
+"""TinySAM: the embedded default model, its checkpoint, its quality bar, and `python -m samkit.models.tinysam`.
+
+How it is trained is a method like the others (`samkit.methods.tinysam_pretrain`).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from samkit.checkpoints import CheckpointError, file_sha256, load_into, read_state_dict
+from samkit.datasets import ShapeScenes
+from samkit.metrics import iou as mask_iou
 from samkit.models.sam1 import SegmentAnythingAdapter
 from samkit.models.tinysam_arch import build_tinysam
+from samkit.prompts import center_point, tight_box
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-CHECKPOINT = DATA_DIR / "checkpoints" / "tinysam.safetensors"
+# The shipped weights are package data: `samkit/weights/` is the repository's `data/checkpoints/`
+# (a symbolic link in the source tree, copied into the wheel by `pip install .`), so the same
+# lookup works in a checkout, an editable install and an installed wheel.
+CHECKPOINT = Path(str(resources.files("samkit") / "weights" / "tinysam.safetensors"))
 CHECKPOINT_SHA = CHECKPOINT.with_name("tinysam.safetensors.sha256")
 
 
@@ -24,8 +36,9 @@ def load(checkpoint: str | os.PathLike | None, device: torch.device) -> SegmentA
     path = Path(checkpoint) if checkpoint is not None else CHECKPOINT
     if checkpoint is None:
         if not CHECKPOINT.exists():
-            raise CheckpointError(f"TinySAM's checkpoint is missing at {CHECKPOINT}; it ships with the "
-                                  "repository (git checkout data/), or rebuild it: python -m samkit.models.tinysam train")
+            raise CheckpointError(f"TinySAM's checkpoint is missing at {CHECKPOINT}; it ships with samkit "
+                                  "(data/checkpoints/ in the repository: git checkout data/), or rebuild it: "
+                                  "python -m samkit.models.tinysam train")
         expected = CHECKPOINT_SHA.read_text().split()[0]
         actual = file_sha256(CHECKPOINT)
         if actual != expected:
@@ -51,46 +64,83 @@ def save(model: SegmentAnythingAdapter, path: str | os.PathLike = CHECKPOINT) ->
     return digest
 
 
+@torch.no_grad()
+def evaluate(model: SegmentAnythingAdapter, n: int = 300, seed: int = 0, batch: int = 20, split: str = "test",
+             classes: Sequence[str] = ("base", "novel")) -> dict:
+    """The quality bar: box-prompt mIoU and best-of-three centre-click mIoU (and the mIoU of the
+    candidate the IoU head picks) on `n` held-out scenes of each class set; instances' IoU averaged
+    over all instances."""
+    model.sam.eval()
+    results = {}
+    for class_set in classes:
+        data = ShapeScenes(split, class_set, n=n, seed=seed)
+        box_ious, click_ious, click_pick_ious = [], [], []
+        for start in range(0, n, batch):
+            scenes = [data[i] for i in range(start, min(n, start + batch))]
+            embedding = model.embed([s.image for s in scenes])
+            rows = [(i, m) for i, s in enumerate(scenes) for m in s.instance_masks]
+            gts = np.stack([m for _, m in rows])
+            per_target = embedding.select([i for i, _ in rows])
+            size = gts.shape[-2:]
+            sparse, dense = model.prompt_tokens(boxes=np.stack([tight_box(m) for _, m in rows]))
+            low_res, _ = model.decode(per_target, sparse, dense, multimask=False)
+            box_masks = F.interpolate(low_res, size=size, mode="bilinear") > 0
+            box_ious.extend(mask_iou(box_masks[:, 0].numpy(), gts))
+            clicks = np.stack([center_point(m) for _, m in rows])
+            sparse, dense = model.prompt_tokens(points=clicks, labels=np.ones((len(rows), 1)))
+            low_res, scores = model.decode(per_target, sparse, dense, multimask=True)
+            click_masks = (F.interpolate(low_res, size=size, mode="bilinear") > 0).numpy()
+            candidate_ious = np.stack([mask_iou(click_masks[:, k], gts) for k in range(3)], axis=1)
+            click_ious.extend(candidate_ious.max(axis=1))
+            click_pick_ious.extend(candidate_ious[np.arange(len(rows)), scores.argmax(1).numpy()])
+        results[f"box_miou_{class_set}"] = round(float(np.mean(box_ious)), 4)
+        results[f"click_miou_{class_set}"] = round(float(np.mean(click_ious)), 4)
+        results[f"click_pick_miou_{class_set}"] = round(float(np.mean(click_pick_ious)), 4)
+        results[f"instances_{class_set}"] = len(box_ious)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
-    """`python -m samkit.models.tinysam train [--steps N] [--out PATH]` or `... evaluate [--checkpoint PATH]`."""
+    """`python -m samkit.models.tinysam train [key=value ...] [--resume] [--out PATH]`, or
+    `... evaluate [--checkpoint PATH] [--eval-scenes N]`.
+
+    train runs the `tinysam_pretrain` config through samkit's trainer (run folder
+    runs/tinysam_pretrain; `--resume` continues it exactly), then writes the weights as safetensors
+    with their sha256 and a report (config, minutes, evaluation, learning curve) beside them.
+    """
     import argparse
     import json
-    import time
-
-    from samkit.models.tinysam_train import PretrainConfig, evaluate, pretrain
 
     parser = argparse.ArgumentParser(prog="python -m samkit.models.tinysam", description=main.__doc__)
     parser.add_argument("command", choices=["train", "evaluate"])
-    parser.add_argument("--steps", type=int, default=PretrainConfig.steps)
-    parser.add_argument("--seed", type=int, default=PretrainConfig.seed)
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="train: config overrides, e.g. epochs=2 method_args.scenes_per_epoch=40 lr=1e-3")
+    parser.add_argument("--config", default="tinysam_pretrain", help="a training config (name or YAML path)")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     parser.add_argument("--out", type=Path, default=CHECKPOINT)
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--eval-scenes", type=int, default=300)
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override PretrainConfig fields, e.g. --set lr=1e-3 scenes_per_step=4")
     args = parser.parse_args(argv)
 
     device = torch.device("cpu")  # the recipe is defined on the CPU, so it reproduces anywhere
     if args.command == "evaluate":
         print(json.dumps(evaluate(load(args.checkpoint, device), n=args.eval_scenes), indent=2))
         return
-    torch.manual_seed(args.seed)
-    model = load("random", device)
-    overrides = dict(item.split("=", 1) for item in args.set)
-    config = PretrainConfig(steps=args.steps, seed=args.seed)
-    for key, value in overrides.items():
-        setattr(config, key, type(getattr(config, key))(value))
-    started = time.time()
-    history = pretrain(model, config)
-    minutes = (time.time() - started) / 60
-    digest = save(model, args.out)
-    scores = evaluate(model, n=args.eval_scenes)
-    report = {"config": config.__dict__, "train_minutes": round(minutes, 1), "sha256": digest,
-              "evaluation": scores, "history": history}
+    # A command-line entry point, not library code: the trainer sits above the models, so it is
+    # imported here, when the command runs, and importing samkit.models never loads it.
     from samkit.atomic import write_bytes_atomic
+    from samkit.train import fit, load_config, load_run
 
+    config = load_config(args.config, ["device=cpu", *args.overrides])
+    history = fit(config, resume=args.resume)
+    method = load_run(config.out, device=device)
+    digest = save(method.adapter, args.out)
+    scores = evaluate(method.adapter, n=args.eval_scenes)
+    minutes = round(float(history["seconds"].sum()) / 60, 1)
+    report = {"config": config.to_dict(), "train_minutes": minutes, "sha256": digest,
+              "evaluation": scores, "history": history.to_dict(orient="records")}
     write_bytes_atomic(args.out.with_name(args.out.stem + "_report.json"), json.dumps(report, indent=1).encode())
-    print(json.dumps({"train_minutes": round(minutes, 1), "sha256": digest, **scores}, indent=2))
+    print(json.dumps({"train_minutes": minutes, "sha256": digest, **scores}, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from samkit.atomic import write_bytes_atomic
+from samkit.methods import Method, build_method
 from samkit.setup import seed_everything
 from samkit.train.config import TrainConfig, load_config
 from samkit.train.distributed import Processes, start_processes
-from samkit.train.method import Method, build_method
 from samkit.train.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 
 LAST, BEST, HISTORY = "last.safetensors", "best.safetensors", "history.csv"
@@ -184,6 +184,7 @@ def fit(config: TrainConfig | str | dict, overrides: list[str] | None = None, re
     method.train()
     while position["epoch"] < config.epochs:
         epoch, started = position["epoch"], time.perf_counter()
+        method.epoch = epoch
         order = np.random.default_rng([config.seed, epoch]).permutation(len(method))
         steps = range(position["step"], steps_per_epoch)
         batches = [indices for step in steps for indices in _step_indices(order, step, config, processes)]

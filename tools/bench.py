@@ -88,7 +88,7 @@ def frozen_encoder_epochs(model_name: str = "sam_vit_b", images: int = 3) -> dic
 
 
 def main() -> None:
-    from samkit.bench_probe import browser_latency, kernel_latency
+    from tools.bench_probe import browser_latency, kernel_latency
 
     torch.manual_seed(0)
     results = {"torch_threads": torch.get_num_threads()}

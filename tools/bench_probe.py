@@ -16,7 +16,7 @@ import nbformat
 import numpy as np
 
 import samkit
-from samkit.labbrowser import CHROMIUM_ARGS, act, image_to_page, jupyterlab, require_chromium, run_notebook
+from tools.labbrowser import CHROMIUM_ARGS, act, image_to_page, jupyterlab, require_chromium, run_notebook
 
 # (result key, model name, checkpoint): TinySAM as shipped; ViT-B with random weights (the
 # official file cannot be fetched here, and the latency does not depend on the weights).

@@ -1,4 +1,4 @@
-"""What a method hands the trainer: a module that knows its data, its loss and its evaluation.
+"""`Method` and its registry: what a method hands the trainer, a module that knows its data, loss and evaluation.
 
 The trainer owns the loop (order of samples, devices, precision, optimiser, checkpoints,
 processes); a method owns what is specific to a paper:
@@ -15,6 +15,7 @@ rebuilt from the config when a run resumes.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,7 @@ class Method(nn.Module):
         raise NotImplementedError
 
     global_step: int = 0  # set by the trainer before each optimiser step (alternating methods read it)
+    epoch: int = 0  # set by the trainer before each epoch's samples are drawn (0-based)
 
     def before_optimizer_step(self) -> None:
         """Called after the backward passes of a step, before clipping and the optimiser step.
@@ -79,10 +81,23 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     return register
 
 
+# The kit's own methods, imported when a config first names one: importing one method does not
+# load the others (OpenWorldSAM pulls in pandas and scipy, SSPrompt the text encoder).
+KIT_METHODS = {
+    "finetune": "samkit.methods.finetune",
+    "box_generator": "samkit.methods.box_generator",
+    "cpc": "samkit.methods.cpc",
+    "prosam": "samkit.methods.prosam",
+    "ssprompt": "samkit.methods.ssprompt",
+    "openworld": "samkit.methods.openworld",
+    "tinysam_pretrain": "samkit.methods.tinysam_pretrain",
+}
+
+
 def build_method(name: str, args: dict[str, Any], device: torch.device) -> Method:
     """The method registered as `name`, built with `args` from the config."""
-    import samkit.methods  # noqa: F401  (registers the kit's methods)
-
+    if name not in METHODS and name in KIT_METHODS:
+        importlib.import_module(KIT_METHODS[name])  # registers it
     if name not in METHODS:
-        raise bad_argument("method", f"one of {sorted(METHODS)}", name)
+        raise bad_argument("method", f"one of {sorted(set(METHODS) | set(KIT_METHODS))}", name)
     return call_with(METHODS[name], {**args, "device": device}, f"method_args of {name!r}")
