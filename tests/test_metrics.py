@@ -211,3 +211,21 @@ def test_confusion_rates_known_example():
     gt = np.array([1, 0, 1, 0, 0], bool)[None]
     assert confusion_rates(pred, gt) == pytest.approx(
         {"TPR": 0.5, "FNR": 0.5, "FPR": 1 / 3, "TNR": 2 / 3})
+
+
+def test_iou_matrix_one_convention_in_torch_and_numpy():
+    import torch
+
+    from samkit.metrics import iou_matrix
+
+    a = np.zeros((3, 4, 4), bool)
+    a[0, :2] = True            # 8 pixels
+    a[1, :, :1] = True         # 4 pixels, 2 shared with a[0]
+    b = np.zeros((2, 4, 4), bool)
+    b[0, :2] = True
+    expected = np.array([[1.0, 0.0], [2 / 10, 0.0], [0.0, 1.0]])  # a[2] and b[1] are empty: they agree
+    np.testing.assert_allclose(iou_matrix(a, b), expected)
+    torch_result = iou_matrix(torch.as_tensor(a), torch.as_tensor(b))
+    assert torch.is_tensor(torch_result)
+    np.testing.assert_allclose(torch_result.numpy(), expected, rtol=1e-6)
+    assert iou(a[2], b[1]) == 1.0  # the per-pair metric says the same

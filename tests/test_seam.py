@@ -110,3 +110,34 @@ def test_embedding_select_and_cat(model, image):
     torch.testing.assert_close(picked.image_embed[1], embedding.image_embed[0])
     joined = ImageEmbedding.cat([embedding.select(0), embedding.select(1)])
     torch.testing.assert_close(joined.image_embed, embedding.image_embed[:2])
+
+
+def test_parts_for_training_on_every_implementation(model, official_checkpoints):
+    from samkit.errors import UnsupportedModelError
+
+    assert model.mask_decoder is model.module.mask_decoder and model.low_res_size == (64, 64)
+    assert model.output_tokens == 5 and len(model.decoder_cross_attentions()) == 5  # IoU + 4 mask tokens
+    sam2 = samkit.load_model("sam2.1_hiera_t", checkpoint=official_checkpoints["sam2.1_hiera_t"], device="cpu")
+    assert sam2.mask_decoder is sam2.module.sam_mask_decoder and sam2.output_tokens == 6  # + object score
+    assert sam2.prompt_encoder is sam2.module.sam_prompt_encoder
+    owner, name, _ = sam2.decoder_cross_attentions()[0]
+    assert getattr(owner, name) is sam2.module.sam_mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    with pytest.raises(ValueError, match="^name: expected one of"):
+        model.part("decoder")
+    broken = samkit.models.base.SamAdapter.part_paths | {"mask_decoder": "missing_decoder"}
+    model.part_paths, saved = broken, model.part_paths
+    try:
+        with pytest.raises(UnsupportedModelError, match="has no mask_decoder at module.missing_decoder"):
+            model.mask_decoder
+    finally:
+        model.part_paths = saved
+
+
+def test_lora_finds_sam2s_decoder_through_the_adapters_paths(official_checkpoints):
+    from samkit.lora import add_lora, lora_state_dict
+
+    sam2 = samkit.load_model("sam2.1_hiera_t", checkpoint=official_checkpoints["sam2.1_hiera_t"], device="cpu")
+    with pytest.raises(ValueError, match="none match"):  # segment_anything's names do not fit SAM 2
+        add_lora(sam2.module, parts=("mask_decoder",))
+    add_lora(sam2.module, rank=2, parts=("mask_decoder",), paths=sam2.part_paths)
+    assert lora_state_dict(sam2.module) and all(k.startswith("sam_mask_decoder.") for k in lora_state_dict(sam2.module))

@@ -206,3 +206,26 @@ def test_fallback_for_long_prompt_sets(tinysam_random, scene_image, fast_calls):
     assert fast_calls == [4]
     tinysam_random.decode(embedding, torch.randn(4, 12, 256, generator=torch.Generator().manual_seed(7)))
     assert fast_calls == [4]
+
+
+def test_switched_off_the_seam_takes_the_general_path_with_the_same_masks(scene_image, fast_calls):
+    model = samkit.load_model("tinysam", checkpoint="random", device="cpu")
+    embedding = model.embed(scene_image)
+    points, labels = np.random.default_rng(2).uniform(0, 255, (6, 1, 2)), np.ones((6, 1))
+    fast = model.decode(embedding, *model.prompt_tokens(points, labels))
+    model.shared_image_decoding = False
+    general = model.decode(embedding, *model.prompt_tokens(points, labels))
+    assert fast_calls == [6]  # only the first call
+    torch.testing.assert_close(general[0], fast[0], atol=RANDOM_LOGITS_ATOL, rtol=0)
+
+
+def test_methods_that_change_the_decoder_switch_the_fast_path_off(tmp_path):
+    from samkit.methods import build_method
+
+    scenes = {"kind": "shapescenes", "size": 64, "seed": 3, "n": 2}
+    args = {"train": {**scenes, "split": "train"}, "eval_base": {**scenes, "split": "val"}, "lora_rank": 2}
+    decoder_lora = build_method("finetune", {**args, "lora_parts": ["mask_decoder"]}, torch.device("cpu"))
+    encoder_lora = build_method("finetune", {**args, "lora_parts": ["image_encoder"]}, torch.device("cpu"))
+    capl = build_method("cpc", {**args, "variant": "causal"}, torch.device("cpu"))
+    assert not decoder_lora.adapter.shared_image_decoding and not capl.adapter.shared_image_decoding
+    assert encoder_lora.adapter.shared_image_decoding  # the decoder is untouched: the fast path stays exact

@@ -90,3 +90,21 @@ def test_train_command_writes_a_checkpoint_that_loads(tmp_path, capsys):
     assert '"box_miou_base"' in report and '"history"' in report
     trained = samkit.load_model("tinysam", checkpoint=out, device="cpu")
     assert trained.checkpoint_sha256 == file_sha256(out)
+
+
+def test_the_wheel_ships_the_checkpoint(tmp_path):
+    """`pip install .` (not editable) must carry TinySAM's weights: they are package data."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    repository = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(repository)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("samkit-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.read("samkit/weights/tinysam.safetensors")
+        digest = archive.read("samkit/weights/tinysam.safetensors.sha256").decode().split()[0]
+    assert shipped == tinysam.CHECKPOINT.read_bytes() and digest == file_sha256(tinysam.CHECKPOINT)
+    assert tinysam.CHECKPOINT.parent.parent == Path(samkit.__file__).parent  # found through the package

@@ -291,3 +291,21 @@ def test_cosine_restarts_follows_torch_sgdr_with_a_period_in_epochs():
     assert factor(12) == factor(24) == 1.0 and factor(11) < 0.02  # restarts at epochs 3 and 6
     with pytest.raises(ValueError, match="restart_epochs"):
         load_config({"method": "finetune", "schedule": "cosine_restarts"})
+
+
+def test_load_run_rebuilds_the_trained_method_from_its_folder(tmp_path):
+    from samkit.train import load_run, run_config
+
+    config = load_config(tiny_config(tmp_path, epochs=1, eval_every=1, best_metric="dice_base"))
+    fit(config)
+    assert run_config(tmp_path).method_args == config.method_args
+    method = load_run(tmp_path, device="cpu")
+    assert not method.training
+    saved = final_weights(tmp_path)
+    assert all(torch.equal(value, saved[name]) for name, value in trainable_weights(method).items())
+    assert load_run(tmp_path, checkpoint="best").evaluate()["dice_base"] == pytest.approx(
+        pd.read_csv(tmp_path / "history.csv")["dice_base"].max(), abs=1e-6)
+    with pytest.raises(ValueError, match="^run_dir: expected a run folder"):
+        load_run(tmp_path / "missing")
+    with pytest.raises(ValueError, match="^checkpoint: expected"):
+        load_run(tmp_path, checkpoint="epoch3")

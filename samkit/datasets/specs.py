@@ -29,7 +29,6 @@ from samkit.datasets.semantic import SemanticData, SemanticFolder
 from samkit.datasets.shapescenes import STUFF_CLASSES, VOCABULARY, ShapeScenes
 from samkit.errors import bad_argument, call_with
 
-
 KINDS: dict[str, Callable[..., Sequence]] = {
     "shapescenes": ShapeScenes, "folder": FolderPairs, "coco": CocoInstances, "coco_panoptic": CocoPanoptic,
     "semantic_folder": SemanticFolder,

@@ -19,11 +19,11 @@ from torchvision.ops import generalized_box_iou_loss
 
 from samkit.cache import CachedEncoder
 from samkit.datasets.specs import build_dataset
+from samkit.methods.base import Method, register_method
 from samkit.metrics import iou
 from samkit.models.base import ImageEmbedding
 from samkit.models.registry import load_model
 from samkit.prompts import center_point, random_point, tight_box
-from samkit.methods.base import Method, register_method
 
 
 class BoxHead(nn.Module):

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from samkit.errors import bad_argument
+from samkit.methods.base import register_method
 from samkit.methods.finetune import Finetune, mask_loss, zero_output_mlp
 from samkit.models.base import ImageEmbedding, SamAdapter
 from samkit.prompts import random_annotation_box
-from samkit.methods.base import register_method
 
 VARIANTS = ("fixed", "learnable", "task", "causal")  # Fig. 6: the prompt types compared
 

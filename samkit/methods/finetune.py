@@ -27,11 +27,11 @@ from samkit.datasets.specs import build_dataset
 from samkit.errors import bad_argument
 from samkit.lora import add_lora
 from samkit.losses import bce_dice_loss
+from samkit.methods.base import Method, register_method
 from samkit.metrics import dice
 from samkit.models.base import ImageEmbedding, SamAdapter
 from samkit.models.registry import load_model
 from samkit.prompts import jittered_box, tight_box
-from samkit.methods.base import Method, register_method
 
 TRAINABLE = ("lora", "decoder", "prompt_adapter")
 

@@ -46,12 +46,12 @@ from samkit.cache import CachedEncoder
 from samkit.datasets import BACKGROUND, STUFF_CLASSES, VOCABULARY, ShapeScenes
 from samkit.datasets.specs import build_dataset
 from samkit.errors import bad_argument
+from samkit.methods.base import Method, register_method
 from samkit.metrics import ap50, iou_matrix, semantic_miou
 from samkit.models.base import ImageEmbedding, SamAdapter, masks_on_grid
 from samkit.models.registry import load_model
 from samkit.models.text import TextEncoder
 from samkit.positions import sine_positions
-from samkit.methods.base import Method, register_method
 
 # ---------------------------------------------------------------------------------------
 # The language adapter (section 3, Figure 4b/c)

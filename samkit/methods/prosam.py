@@ -32,10 +32,10 @@ from samkit.errors import bad_argument
 from samkit.images import image_sha256
 from samkit.losses import bce_dice_loss  # Eq. 4
 from samkit.lru import LruCache
+from samkit.methods.base import Method, register_method
 from samkit.models.base import ImageEmbedding, SamAdapter, masks_on_grid
 from samkit.models.registry import load_model
 from samkit.positions import sine_positions
-from samkit.methods.base import Method, register_method
 
 VARIANTS = ("vrp", "student_t", "gaussian")  # VRP-SAM, ProSAM, ProSAM with a Gaussian (Table 4)
 BACKBONES = ("sam", "resnet50")

@@ -49,12 +49,12 @@ from samkit.datasets.fewshot import few_shot_indices
 from samkit.datasets.semantic import SemanticData
 from samkit.datasets.specs import semantic_data
 from samkit.errors import bad_argument
+from samkit.methods.base import Method, register_method
 from samkit.metrics import class_iou
 from samkit.metrics import confusion_matrix as _labelled_confusion_matrix
 from samkit.models.base import ImageEmbedding, SamAdapter, Size
 from samkit.models.registry import load_model
 from samkit.models.text_prompts import TextPromptEncoder, text_prompt_cache_path
-from samkit.methods.base import Method, register_method
 
 IGNORE = -1  # label of pixels that count for nothing (unlabelled, padding)
 FUSIONS = ("fixed", "average", "weighted")

@@ -330,8 +330,10 @@ class SamAdapter(ABC):
 
     @property
     def output_tokens(self) -> int:
-        """The decoder's own tokens ahead of the prompt tokens: the IoU token and the mask tokens."""
-        return 1 + self.mask_decoder.num_mask_tokens
+        """The decoder's own tokens ahead of the prompt tokens: the IoU token and the mask tokens
+        (and SAM 2's object-score token)."""
+        decoder = self.mask_decoder
+        return 1 + decoder.num_mask_tokens + int(bool(getattr(decoder, "pred_obj_scores", False)))
 
     def decoder_cross_attentions(self) -> list[tuple[nn.Module, str, bool]]:
         """(owner, attribute, image_to_token) of every cross-attention of the mask decoder's two-way

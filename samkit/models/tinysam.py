@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from samkit.checkpoints import CheckpointError, file_sha256, load_into, read_state_dict
 from samkit.datasets import ShapeScenes
 from samkit.metrics import iou as mask_iou
+from samkit.models.base import SamAdapter
 from samkit.models.sam1 import SegmentAnythingAdapter
 from samkit.models.tinysam_arch import build_tinysam
 from samkit.prompts import center_point, tight_box
@@ -49,14 +50,14 @@ def load(checkpoint: str | os.PathLike | None, device: torch.device) -> SegmentA
     return SegmentAnythingAdapter(sam, "tinysam", file_sha256(path), device)
 
 
-def save(model: SegmentAnythingAdapter, path: str | os.PathLike = CHECKPOINT) -> str:
+def save(model: SamAdapter, path: str | os.PathLike = CHECKPOINT) -> str:
     """Write TinySAM's weights as safetensors (atomically) and its sha256 beside; return the sha256."""
     from safetensors.torch import save_file
 
     from samkit.atomic import atomic_path, write_bytes_atomic
 
     path = Path(path)
-    state = {key: value.detach().cpu().contiguous() for key, value in model.sam.state_dict().items()}
+    state = {key: value.detach().cpu().contiguous() for key, value in model.module.state_dict().items()}
     with atomic_path(path) as temp:
         save_file(state, str(temp), metadata={"model": "tinysam", "format": "segment_anything.Sam state_dict"})
     digest = file_sha256(path)
@@ -65,12 +66,12 @@ def save(model: SegmentAnythingAdapter, path: str | os.PathLike = CHECKPOINT) ->
 
 
 @torch.no_grad()
-def evaluate(model: SegmentAnythingAdapter, n: int = 300, seed: int = 0, batch: int = 20, split: str = "test",
+def evaluate(model: SamAdapter, n: int = 300, seed: int = 0, batch: int = 20, split: str = "test",
              classes: Sequence[str] = ("base", "novel")) -> dict:
     """The quality bar: box-prompt mIoU and best-of-three centre-click mIoU (and the mIoU of the
     candidate the IoU head picks) on `n` held-out scenes of each class set; instances' IoU averaged
     over all instances."""
-    model.sam.eval()
+    model.module.eval()
     results = {}
     for class_set in classes:
         data = ShapeScenes(split, class_set, n=n, seed=seed)

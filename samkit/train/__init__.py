@@ -9,8 +9,8 @@
     torchrun --nproc_per_node 2 -m samkit.train samkit/configs/finetune_class.yaml
 """
 
-from samkit.train.config import TrainConfig, load_config
 from samkit.methods import METHODS, Method, build_method, register_method  # re-exported: what the trainer builds
+from samkit.train.config import TrainConfig, load_config
 from samkit.train.loop import fit, load_weights, trainable_weights
 from samkit.train.runs import load_run, run_config
 
