@@ -45,13 +45,12 @@ def spec_arguments(spec: dict[str, Any]) -> dict[str, Any]:
 def build_dataset(spec: dict[str, Any], name: str = "data") -> Sequence:
     """The data set a config entry describes; `name` is the config key, for error messages."""
     if not isinstance(spec, dict) or "kind" not in spec:
-        raise bad_argument(name, "a map with a `kind` key (shapescenes, folder, coco, coco_panoptic, semantic_folder)", spec)
-    kinds = KINDS
+        raise bad_argument(name, f"a map with a `kind` key (one of {', '.join(KINDS)})", spec)
     arguments = spec_arguments(spec)
-    if spec["kind"] not in kinds:
-        raise bad_argument(f"{name}.kind", f"one of {sorted(kinds)}", spec["kind"])
+    if spec["kind"] not in KINDS:
+        raise bad_argument(f"{name}.kind", f"one of {sorted(KINDS)}", spec["kind"])
     keep, take = arguments.pop("keep_classes", None), arguments.pop("take", None)
-    dataset = call_with(kinds[spec["kind"]], arguments, name)
+    dataset = call_with(KINDS[spec["kind"]], arguments, name)
     if take is not None:
         if not (isinstance(take, (list, tuple)) and len(take) == 2):
             raise bad_argument(f"{name}.take", "[start, stop] sample indices", take)
