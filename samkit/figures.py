@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 
 from samkit.atomic import atomic_path, write_bytes_atomic
-from samkit.errors import bad_argument
-from samkit.notebook import PROFILES
+from samkit.notebook import check_profile
 
 
 def project_root(start: str | os.PathLike | None = None) -> Path:
@@ -30,8 +29,7 @@ class Figures:
     """Figures and numbers of one notebook (`stem`, e.g. "00_sam_tour") in one run profile."""
 
     def __init__(self, stem: str, profile: str, root: str | os.PathLike | None = None):
-        if profile not in PROFILES:
-            raise bad_argument("profile", f"one of {', '.join(PROFILES)}", profile)
+        check_profile(profile)
         self.stem, self.profile = stem, profile
         self.folder = project_root(root) / ("build/figures-smoke" if profile == "smoke" else "figures")
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -41,20 +41,24 @@ class RunParameters:
 
 
 
+def check_profile(profile: Any, name: str = "profile") -> str:
+    """`profile` if it is one of PROFILES, else the error naming `name` (an argument or a variable)."""
+    if profile not in PROFILES:
+        raise bad_argument(name, f"one of {', '.join(PROFILES)}", profile)
+    return profile
+
+
 def runs_folder(profile: str, prefix: str = "samkit-runs-") -> Path:
     """Where a notebook's training runs go: a fresh temporary folder in `smoke` (tests never touch
     `runs/`), `runs/` beside the notebook otherwise."""
-    if profile not in PROFILES:
-        raise bad_argument("profile", f"one of {', '.join(PROFILES)}", profile)
+    check_profile(profile)
     return Path(tempfile.mkdtemp(prefix=prefix)) if profile == "smoke" else Path("runs")
 
 
 def parameters(model: str | None = "tinysam", full_model: str | None = None) -> RunParameters:
     """Read the run's settings from the environment. `model` is the default model, `full_model`
     the default of the `full` profile (an official checkpoint); SAMKIT_MODEL overrides both."""
-    profile = os.environ.get("SAMKIT_PROFILE", "class")
-    if profile not in PROFILES:
-        raise bad_argument("SAMKIT_PROFILE", f"one of {', '.join(PROFILES)}", profile)
+    profile = check_profile(os.environ.get("SAMKIT_PROFILE", "class"), "SAMKIT_PROFILE")
     seed_text = os.environ.get("SAMKIT_SEED", "0")
     try:
         seed = int(seed_text)
@@ -67,4 +71,4 @@ def parameters(model: str | None = "tinysam", full_model: str | None = None) -> 
         data=os.environ.get("SAMKIT_DATA"), cache=os.environ.get("SAMKIT_CACHE"))
 
 
-__all__ = ["PROFILES", "RunParameters", "parameters", "runs_folder"]
+__all__ = ["PROFILES", "RunParameters", "check_profile", "parameters", "runs_folder"]
