@@ -82,6 +82,31 @@ def test_sam2_parity(official_checkpoints, photo):
     run_cases(ours, official_predict, photo)
 
 
+def test_tinysam_parity(photo):
+    """The shipped TinySAM (a small sam2 SAM2Base) through samkit and through SAM2ImagePredictor."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from samkit.models.sam2 import Sam2Adapter
+    from samkit.models.tinysam2_arch import build_tinysam2
+
+    model = samkit.load_model("tinysam", device="cpu")
+    assert isinstance(model, Sam2Adapter), "TinySAM v2 is a sam2 model"
+    sam = build_tinysam2(model.architecture)
+    sam.load_state_dict(model.module.state_dict())
+    official = SAM2ImagePredictor(sam.eval())
+    # The one size SAM2ImagePredictor does not read off its model: its backbone's feature maps,
+    # written for 1024 px. TinySAM's are those of 256 px (strides 4, 8, 16).
+    official._bb_feat_sizes = [(64, 64), (32, 32), (16, 16)]
+    official.set_image(photo)
+
+    def official_predict(prompt, mask_input, multimask):
+        return official.predict(point_coords=prompt.get("points"), point_labels=prompt.get("labels"),
+                                box=prompt.get("box"), mask_input=mask_input, multimask_output=multimask)
+
+    ours = samkit.Predictor(model).set_image(photo)
+    run_cases(ours, official_predict, photo)
+
+
 @pytest.fixture(scope="module")
 def hf_sam_folder(tmp_path_factory):
     """A transformers SamModel (SAM ViT-B config, random weights) saved with its processor."""

@@ -32,6 +32,7 @@ from samkit.methods.base import Method, register_method
 from samkit.metrics import iou
 from samkit.models.base import ImageEmbedding, SamAdapter
 from samkit.models.registry import load_model
+from samkit.models import tinysam
 from samkit.models.tinysam import evaluate
 from samkit.prompts import center_point, jittered_box, points_from_mask
 
@@ -105,17 +106,23 @@ class TinySamPretraining(Method):
     scenes_per_epoch: fresh training scenes per epoch (base classes only); seed: their seed.
     focal_weight: add SAM's sigmoid focal loss with this weight (0: BCE + Dice only).
     val_scenes: base-class validation scenes for the per-epoch quality check.
+    architecture: TinySAM's architecture when it starts from "random" weights (samkit.models.tinysam.ARCHITECTURES).
     """
 
     def __init__(self, scenes_per_epoch: int = 800, targets_per_scene: int = 4, stuff_share: float = 0.2,
                  refine_share: float = 0.25, focal_weight: float = 0.0, seed: int = 0, model: str = "tinysam",
                  checkpoint: str | None = "random", val_scenes: int = 20, image_size: int = 256,
-                 device: torch.device | str = "cpu"):
+                 architecture: str | None = None, device: torch.device | str = "cpu"):
         super().__init__()
         for name, value in (("scenes_per_epoch", scenes_per_epoch), ("targets_per_scene", targets_per_scene)):
             if not isinstance(value, int) or value < 1:
                 raise bad_argument(name, "an int >= 1", value)
-        self.adapter: SamAdapter = load_model(model, checkpoint=checkpoint, device=device)
+        if model == "tinysam":  # the one model whose architecture is a choice
+            self.adapter: SamAdapter = tinysam.load(checkpoint, torch.device(device), architecture)
+        elif architecture is not None:
+            raise bad_argument("architecture", "None unless model is tinysam", architecture)
+        else:
+            self.adapter = load_model(model, checkpoint=checkpoint, device=device)
         self.sam = self.adapter.module  # registered: every parameter trains
         self.sam.requires_grad_(True)
         self.scenes_per_epoch, self.targets_per_scene = scenes_per_epoch, targets_per_scene

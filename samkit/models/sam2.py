@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from samkit.models.base import ImageEmbedding, SamAdapter, Size
+from samkit.models.shared_image_decoder import decode_shared_image, use_shared_image
 
 # Our names -> the configs that ship inside the sam2 package.
 SAM2_CONFIGS = {
@@ -31,6 +32,10 @@ class Sam2Adapter(SamAdapter):
 
     Follows `SAM2ImagePredictor` step by step (same transforms, boxes as two labelled corner
     points before the clicks), so masks match it exactly.
+
+    `shared_image_decoding`, as in `SegmentAnythingAdapter`: many prompt sets on one image go through
+    `shared_image_decoder` where it supports the decoder (no object-score token, no dynamic multimask:
+    TinySAM v2; the official SAM 2.1 builds use both, so they keep the general path).
     """
 
     part_paths = {"image_encoder": "image_encoder", "prompt_encoder": "sam_prompt_encoder",
@@ -41,6 +46,7 @@ class Sam2Adapter(SamAdapter):
 
         self.model = model.to(device).eval()
         self.module = self.model
+        self.shared_image_decoding = True
         self.name = name
         self.checkpoint_sha256 = checkpoint_sha256
         self.device = device
@@ -82,6 +88,16 @@ class Sam2Adapter(SamAdapter):
 
     def run_decoder(self, embedding: ImageEmbedding, sparse: torch.Tensor, dense: torch.Tensor,
                     multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        decoder = self.model.sam_mask_decoder
+        if self.shared_image_decoding and use_shared_image(decoder, embedding.image_embed, sparse, dense):
+            skips = tuple(embedding.high_res_feats) if decoder.use_high_res_features else None
+            return decode_shared_image(decoder, embedding.image_embed, self.model.sam_prompt_encoder.get_dense_pe(),
+                                       dense, sparse, multimask, high_res_features=skips)
+        return self.run_decoder_general(embedding, sparse, dense, multimask)
+
+    def run_decoder_general(self, embedding: ImageEmbedding, sparse: torch.Tensor, dense: torch.Tensor,
+                            multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """sam2's own MaskDecoder.forward, for any inputs."""
         repeat_image = len(embedding) == 1 and sparse.shape[0] > 1
         low_res, iou, _, _ = self.model.sam_mask_decoder(
             image_embeddings=embedding.image_embed,

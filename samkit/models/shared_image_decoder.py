@@ -55,6 +55,29 @@ from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
 from torch import Tensor, nn
 
+
+@dataclass(frozen=True)
+class _Family:
+    """The module classes of one SAM implementation's mask decoder."""
+
+    decoder: type
+    transformer: type
+    block: type
+    attention: type
+    norm2d: type
+
+
+def _families() -> tuple[_Family, ...]:
+    """segment_anything's decoder, and sam2's: the same two-way transformer, whose upscaling may add
+    the image encoder's high-resolution features (`use_high_res_features`)."""
+    from sam2.modeling.sam import mask_decoder as sam2_decoder
+    from sam2.modeling.sam import transformer as sam2_transformer
+    from sam2.modeling.sam2_utils import LayerNorm2d as Sam2LayerNorm2d
+
+    return (_Family(MaskDecoder, TwoWayTransformer, TwoWayAttentionBlock, Attention, LayerNorm2d),
+            _Family(sam2_decoder.MaskDecoder, sam2_transformer.TwoWayTransformer,
+                    sam2_transformer.TwoWayAttentionBlock, sam2_transformer.Attention, Sam2LayerNorm2d))
+
 # Prompt sets per pass through the transformer and through the upscaling (whose per-prompt 4h x 4w maps
 # are the largest tensors), chosen so that a pass's tensors stay near the CPU's caches. Measured best on
 # 2 CPU threads, 64 clicks, best of 3:
@@ -90,13 +113,18 @@ def supports(decoder: nn.Module, tokens: int) -> bool:
     The factored stream grows by heads * (output + sparse tokens) columns per layer; past the
     attention's head dimension a dense stream is as cheap, so larger prompt sets use the general path.
     """
-    if not isinstance(decoder, MaskDecoder) or type(decoder.transformer) is not TwoWayTransformer:
+    family = next((f for f in _families() if type(decoder) is f.decoder), None)
+    if family is None or type(decoder.transformer) is not family.transformer:
+        return False
+    # sam2 options the factored stream does not compute: an object-score token in front of the IoU
+    # token, and the eval-time switch to a multimask output when the single mask is unstable.
+    if getattr(decoder, "pred_obj_scores", False) or getattr(decoder, "dynamic_multimask_via_stability", False):
         return False
     transformer = decoder.transformer
-    if any(type(layer) is not TwoWayAttentionBlock for layer in transformer.layers):
+    if any(type(layer) is not family.block for layer in transformer.layers):
         return False
     upscaling = list(decoder.output_upscaling)
-    if len(upscaling) != 5 or not isinstance(upscaling[1], LayerNorm2d):
+    if len(upscaling) != 5 or not isinstance(upscaling[1], family.norm2d):
         return False
     for conv in (upscaling[0], upscaling[3]):
         if (type(conv) is not nn.ConvTranspose2d or conv.kernel_size != (2, 2) or conv.stride != (2, 2)
@@ -111,7 +139,7 @@ def supports(decoder: nn.Module, tokens: int) -> bool:
     linears = [attn.k_proj for attn in to_image] + [attn.v_proj for attn in to_image]
     linears += [attn.q_proj for attn in to_token] + [attn.out_proj for attn in to_token]
     norms = [layer.norm4 for layer in transformer.layers]
-    if (any(type(attn) is not Attention for attn in to_image + to_token)
+    if (any(type(attn) is not family.attention for attn in to_image + to_token)
             or any(type(linear) is not nn.Linear or linear.bias is None for linear in linears)
             or any(type(norm) is not nn.LayerNorm or norm.weight is None or norm.bias is None
                    or len(norm.normalized_shape) != 1 for norm in norms)
@@ -136,6 +164,7 @@ def decode_shared_image(
     multimask: bool | None,
     chunk: int | None = None,
     upscale_chunk: int | None = None,
+    high_res_features: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """`MaskDecoder.predict_masks` for B prompt sets on one image with one dense embedding.
 
@@ -143,7 +172,13 @@ def decode_shared_image(
     is read); sparse: (B, N, C) any tokens. Returns the (B, M, 4h, 4w) low-res mask logits and (B, M)
     predicted IoU of the chosen masks (M = 3 with `multimask`, else 1), as the general path does.
     `chunk` and `upscale_chunk` (prompt sets per pass) default to `chunk_sizes` of the grid.
+    `high_res_features`: sam2's (1, C/8, 4h, 4w) and (1, C/4, 2h, 2w) maps, added after each
+    ConvTranspose2d when the decoder `use_high_res_features`.
     """
+    if getattr(decoder, "use_high_res_features", False) != (high_res_features is not None):
+        raise ValueError("high_res_features: expected the two maps exactly when the decoder uses them, got "
+                         f"{'none' if high_res_features is None else len(high_res_features)}")
+    skips = None if high_res_features is None else _skip_rows(*high_res_features)
     default_chunk, default_upscale_chunk = chunk_sizes(image_embed.shape[-2] * image_embed.shape[-1])
     chunk, upscale_chunk = chunk or default_chunk, upscale_chunk or default_upscale_chunk
     # The stream starts as S = image + dense, the same for every prompt set: s = 1, m = 0.
@@ -165,7 +200,7 @@ def decode_shared_image(
         for first in range(0, part.shape[0], upscale_chunk):
             rows = slice(first, first + upscale_chunk)
             masks.append(_upscale_masks(decoder, stream.select(rows), conv[rows], hyper_in[rows],
-                                        image_embed.shape[-2:]))
+                                        image_embed.shape[-2:], skips))
     return torch.cat(masks), torch.cat(ious)
 
 
@@ -526,8 +561,16 @@ def _first_upscaling(decoder: MaskDecoder, stream: _Stream) -> Tensor:
     return _rows_times(stream, stream.shared.project(weight, bias, with_pe=False).groups_with_bias())
 
 
+def _skip_rows(feat_s0: Tensor, feat_s1: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    """sam2's high-resolution features in `_upscale_masks`' row order: per kernel row ky1, the 2x map's
+    rows 2y + ky1 as (h * 2w, C/4); per (ky1, ky2), the 4x map's rows 4y + 2 ky1 + ky2 as (h * 4w, C/8)."""
+    s1 = [feat_s1[0, :, ky1::2].permute(1, 2, 0).reshape(-1, feat_s1.shape[1]) for ky1 in range(2)]
+    s0 = [feat_s0[0, :, row::4].permute(1, 2, 0).reshape(-1, feat_s0.shape[1]) for row in range(4)]
+    return s1, s0
+
+
 def _upscale_masks(decoder: MaskDecoder, stream: _Stream, conv_rows: Tensor, hyper_in: Tensor,
-                   grid: torch.Size) -> Tensor:
+                   grid: torch.Size, skips: tuple[list[Tensor], list[Tensor]] | None = None) -> Tensor:
     """output_upscaling and the hypernetwork product for a few prompt sets.
 
     The first ConvTranspose2d is a factored projection of the stream (`_first_upscaling`); after its
@@ -550,9 +593,14 @@ def _upscale_masks(decoder: MaskDecoder, stream: _Stream, conv_rows: Tensor, hyp
         up = torch.bmm(stream.coef.transpose(1, 2), conv_rows[..., columns])
         up = up.addcmul_(stream.scale[..., None], base[:, columns])  # s_i (S W^T)_i + U_i (Phi W^T + bias)
         up = up.view(batch, 2 * rows, -1)  # rows (y, x, kx1): the 2x upscaled image's row ky1
+        if skips is not None:
+            up = up + skips[0][ky1]  # sam2: dc1(src) + feat_s1
         up = act1(F.layer_norm(up, up.shape[-1:], norm.weight, norm.bias, norm.eps))
-        for weight2, bias2 in _conv_as_linear(shared, conv2, 2):
-            features = act2(F.linear(up, weight2, bias2)).view(batch, 4 * rows, -1)  # rows (y, x, kx1, kx2)
+        for ky2, (weight2, bias2) in enumerate(_conv_as_linear(shared, conv2, 2)):
+            features = F.linear(up, weight2, bias2).view(batch, 4 * rows, -1)  # rows (y, x, kx1, kx2)
+            if skips is not None:
+                features = features + skips[1][2 * ky1 + ky2]  # sam2: dc2(.) + feat_s0
+            features = act2(features)
             masks.append(torch.bmm(hyper_in, features.transpose(1, 2)).view(batch, -1, height, 4 * width))
     # masks[2 ky1 + ky2][b, m, y, 4x + 2 kx1 + kx2] is output row 4y + 2 ky1 + ky2.
     return torch.stack(masks, dim=3).view(batch, -1, 4 * height, 4 * width)

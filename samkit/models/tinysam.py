@@ -19,6 +19,8 @@ from samkit.datasets import ShapeScenes
 from samkit.metrics import iou as mask_iou
 from samkit.models.base import SamAdapter
 from samkit.models.sam1 import SegmentAnythingAdapter
+from samkit.models.sam2 import Sam2Adapter
+from samkit.models.tinysam2_arch import build_tinysam2
 from samkit.models.tinysam_arch import build_tinysam
 from samkit.prompts import center_point, tight_box
 
@@ -29,11 +31,40 @@ CHECKPOINT = Path(str(resources.files("samkit") / "weights" / "tinysam.safetenso
 CHECKPOINT_SHA = CHECKPOINT.with_name("tinysam.safetensors.sha256")
 
 
-def load(checkpoint: str | os.PathLike | None, device: torch.device) -> SegmentAnythingAdapter:
-    """TinySAM with the shipped weights (sha256-checked), another file, or "random" weights."""
-    sam = build_tinysam()
+# TinySAM's architectures: "vit" is v1 (segment_anything's Sam, a plain 16 px-patch ViT), "hiera"
+# and "conv" are v2 (sam2's SAM2Base with a hierarchical trunk and high-resolution decoder skips).
+ARCHITECTURES = ("vit", "hiera", "conv")
+DEFAULT_ARCHITECTURE = "hiera"
+
+
+def build(architecture: str, weights: dict[str, torch.Tensor] | None, sha256: str | None, device: torch.device,
+          source: str | os.PathLike = "tinysam") -> SamAdapter:
+    """TinySAM of `architecture` behind the seam, with `weights` loaded (None: random)."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture: expected one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+    module = build_tinysam() if architecture == "vit" else build_tinysam2(architecture)
+    if weights is not None:
+        load_into(module, weights, "tinysam", source)
+    adapter_class = SegmentAnythingAdapter if architecture == "vit" else Sam2Adapter
+    adapter = adapter_class(module, "tinysam", sha256, device)
+    adapter.architecture = architecture  # which TinySAM, for a reader of the adapter
+    return adapter
+
+
+def architecture_of(weights: dict[str, torch.Tensor]) -> str:
+    """Which TinySAM a state dict belongs to, read off its image encoder's first layer."""
+    if any(key.startswith("image_encoder.trunk.stem.") for key in weights):
+        return "conv"
+    if any(key.startswith("image_encoder.trunk.") for key in weights):
+        return "hiera"
+    return "vit"
+
+
+def load(checkpoint: str | os.PathLike | None, device: torch.device, architecture: str | None = None) -> SamAdapter:
+    """TinySAM with the shipped weights (sha256-checked), another file, or "random" weights
+    (of `architecture`, default DEFAULT_ARCHITECTURE; a file says its own)."""
     if checkpoint == "random":
-        return SegmentAnythingAdapter(sam, "tinysam", None, device)
+        return build(architecture or DEFAULT_ARCHITECTURE, None, None, device)
     path = Path(checkpoint) if checkpoint is not None else CHECKPOINT
     if checkpoint is None:
         if not CHECKPOINT.exists():
@@ -46,8 +77,10 @@ def load(checkpoint: str | os.PathLike | None, device: torch.device) -> SegmentA
             raise CheckpointError(f"{CHECKPOINT} has sha256 {actual}, but {CHECKPOINT_SHA.name} says {expected}: "
                                   "the file is corrupt or was changed (git checkout data/ restores it)")
     state = read_state_dict(path, "tinysam")
-    load_into(sam, state, "tinysam", path)
-    return SegmentAnythingAdapter(sam, "tinysam", file_sha256(path), device)
+    found = architecture_of(state)
+    if architecture is not None and architecture != found:
+        raise CheckpointError(f"{path} holds TinySAM {found!r}, but architecture={architecture!r} was asked for")
+    return build(found, state, file_sha256(path), device, path)
 
 
 def save(model: SamAdapter, path: str | os.PathLike = CHECKPOINT) -> str:
@@ -59,7 +92,8 @@ def save(model: SamAdapter, path: str | os.PathLike = CHECKPOINT) -> str:
     path = Path(path)
     state = {key: value.detach().cpu().contiguous() for key, value in model.module.state_dict().items()}
     with atomic_path(path) as temp:
-        save_file(state, str(temp), metadata={"model": "tinysam", "format": "segment_anything.Sam state_dict"})
+        save_file(state, str(temp), metadata={"model": "tinysam", "architecture": architecture_of(state),
+                                                    "format": f"{type(model.module).__name__} state_dict"})
     digest = file_sha256(path)
     write_bytes_atomic(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n".encode())
     return digest

@@ -14,9 +14,10 @@ import torch
 from samkit.device import resolve_device
 from samkit.errors import bad_argument
 from samkit.methods import Method, build_method
+from samkit.setup import seed_everything
 from samkit.train.config import TrainConfig
 from samkit.train.loop import LAST, load_weights
-from samkit.train.state import load_checkpoint
+from samkit.train.state import capture_rng, load_checkpoint, restore_rng
 
 
 def run_config(run_dir: str | os.PathLike) -> TrainConfig:
@@ -39,7 +40,15 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str = "last",
     path = Path(run_dir) / name
     if not path.is_file():
         raise bad_argument("checkpoint", f'"last", "best" or a checkpoint file in {run_dir}', checkpoint)
-    method = build_method(config.method, config.method_args, resolve_device(device or config.device))
+    # Seeded as `fit` builds it: a checkpoint holds the trainable parameters, not the buffers a method
+    # draws at random when it starts from scratch (TinySAM's random positional-encoding matrix).
+    # The caller's generators are left as they were.
+    caller_rng = capture_rng()
+    seed_everything(config.seed)
+    try:
+        method = build_method(config.method, config.method_args, resolve_device(device or config.device))
+    finally:
+        restore_rng(caller_rng)
     return load_weights(method, path).eval()
 
 
