@@ -22,7 +22,12 @@ NOT_IN_LIBRARY = {"tools": "development tools are not part of the library",
                   "playwright": "a browser driver for tools/ and the tests",
                   "psutil": "process clean-up for tools/labbrowser.py"}
 # Required distributions that no samkit module imports by name, each with the reason it is required.
-REQUIRED_WITHOUT_IMPORT: dict[str, str] = {}
+REQUIRED_WITHOUT_IMPORT: dict[str, str] = {
+    # sam2 imports them (its builders and checkpoint I/O), and its source distribution, which the
+    # Makefile installs with --no-deps, does not bring them.
+    "hydra-core": "sam2's config system",
+    "iopath": "sam2's file I/O",
+}
 # Import name -> distribution, for modules that are not installed here (packages_distributions()
 # knows only installed ones); any other module is looked up under its own name.
 NOT_INSTALLED_FALLBACK = {"PIL": "pillow", "skimage": "scikit-image", "sklearn": "scikit-learn", "yaml": "pyyaml"}

@@ -106,11 +106,19 @@ def build_tinysam2(trunk: str = "hiera") -> nn.Module:
                     num_layers=0),
         position_encoding=PositionEmbeddingSine(num_pos_feats=MEMORY_DIM, normalize=True, scale=None,
                                                 temperature=10000))
-    return SAM2Base(
+    model = SAM2Base(
         image_encoder=image_encoder, memory_attention=memory_attention, memory_encoder=memory_encoder,
         num_maskmem=1, image_size=IMAGE_SIZE,
         use_high_res_features_in_sam=True,  # the stride-4 and stride-8 skip features
         multimask_output_in_sam=True, iou_prediction_use_sigmoid=True,
         directly_add_no_mem_embed=True, pred_obj_scores=False,
         use_mask_input_as_output_without_sam=True,
-    ).eval()
+    )
+    # The skip projections start at zero, so the decoder starts as SAM 1's and learns to follow the
+    # prompt before the skips grow in. With sam2's default initialisation the skips swamp the
+    # prompt-dependent stream after the first LayerNorm2d, and from scratch the decoder settles on a
+    # prompt-free "every object" mask (data/README.md, session 7 pilots).
+    for projection in (model.sam_mask_decoder.conv_s0, model.sam_mask_decoder.conv_s1):
+        nn.init.zeros_(projection.weight)
+        nn.init.zeros_(projection.bias)
+    return model.eval()
