@@ -422,7 +422,7 @@ def test_front_end_assets_ship_with_the_package():
 
 
 def test_one_decoder_run_equals_two_predict_calls(probe, scene, monkeypatch):
-    """segment_anything's one decoder run for both outputs changes no pixel against two runs."""
+    """The adapter's one decoder run for both outputs (segment_anything, TinySAM v2) changes no pixel against two runs."""
     from samkit.widgets import inference
 
     probe.set_options(feed_mask=True)

@@ -141,3 +141,30 @@ def test_lora_finds_sam2s_decoder_through_the_adapters_paths(official_checkpoint
         add_lora(sam2.module, parts=("mask_decoder",))
     add_lora(sam2.module, rank=2, parts=("mask_decoder",), paths=sam2.part_paths)
     assert lora_state_dict(sam2.module) and all(k.startswith("sam_mask_decoder.") for k in lora_state_dict(sam2.module))
+
+
+@pytest.mark.parametrize("name", ["tinysam", "sam2.1_hiera_t"])
+def test_sam2_decode_both_equals_two_runs(name, scene_image):
+    """TinySAM v2's decoder gives the single mask and the candidates from one run; SAM 2.1's picks its
+    single mask at run time (dynamic multimask), so it keeps two runs. Either way, the same outputs."""
+    from samkit.models.base import SamAdapter
+
+    torch.manual_seed(0)
+    model = samkit.load_model(name, checkpoint="random", device="cpu")
+    assert model.single_run_for_both() == (name == "tinysam")
+    if name == "tinysam":
+        embedding = model.embed(scene_image)
+    else:  # SAM 2.1's 1024 px encoder is not what is tested: random features of its sizes
+        generator = torch.Generator().manual_seed(1)
+        embedding = ImageEmbedding(torch.randn(1, 256, 64, 64, generator=generator), [(1024, 1024)], [(1024, 1024)],
+                                   [torch.randn(1, 32, 256, 256, generator=generator),
+                                    torch.randn(1, 64, 128, 128, generator=generator)])
+    sparse, dense = model.prompt_tokens(np.array([[[40.0, 50.0]], [[120.0, 90.0]]]), np.ones((2, 1)))
+    with torch.no_grad():
+        both, two_runs = model.decode_both(embedding, sparse, dense), SamAdapter.decode_both(model, embedding, sparse, dense)
+    for ours, theirs in zip(both, two_runs):
+        torch.testing.assert_close(ours[0], theirs[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours[1], theirs[1], atol=1e-6, rtol=0)
+    if name != "tinysam":
+        with pytest.raises(ValueError, match="multimask"):
+            model.run_decoder(embedding, sparse, dense, None)

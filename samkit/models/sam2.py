@@ -86,8 +86,21 @@ class Sam2Adapter(SamAdapter):
         height, width = encoder.image_embedding_size
         return encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(batch, -1, height, width)
 
+    def single_run_for_both(self) -> bool:
+        """Whether one decoder run gives both outputs: its 4 mask tokens are the single mask and the
+        3 candidates, unless the single mask is chosen at run time (dynamic multimask, SAM 2.1)."""
+        return not self.model.sam_mask_decoder.dynamic_multimask_via_stability
+
+    def decode_both(self, embedding: ImageEmbedding, sparse: torch.Tensor, dense: torch.Tensor | None = None):
+        if not self.single_run_for_both():
+            return super().decode_both(embedding, sparse, dense)
+        low_res, iou = self.decode(embedding, sparse, dense, multimask=None)
+        return (low_res[:, 1:], iou[:, 1:]), (low_res[:, :1], iou[:, :1])
+
     def run_decoder(self, embedding: ImageEmbedding, sparse: torch.Tensor, dense: torch.Tensor,
-                    multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                    multimask: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`multimask`: True the 3 candidates, False the single mask, None all 4 (single first; only
+        where `single_run_for_both`)."""
         decoder = self.model.sam_mask_decoder
         if self.shared_image_decoding and use_shared_image(decoder, embedding.image_embed, sparse, dense):
             skips = tuple(embedding.high_res_feats) if decoder.use_high_res_features else None
@@ -96,18 +109,20 @@ class Sam2Adapter(SamAdapter):
         return self.run_decoder_general(embedding, sparse, dense, multimask)
 
     def run_decoder_general(self, embedding: ImageEmbedding, sparse: torch.Tensor, dense: torch.Tensor,
-                            multimask: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """sam2's own MaskDecoder.forward, for any inputs."""
-        repeat_image = len(embedding) == 1 and sparse.shape[0] > 1
-        low_res, iou, _, _ = self.model.sam_mask_decoder(
-            image_embeddings=embedding.image_embed,
-            image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask,
-            repeat_image=repeat_image,
-            high_res_features=list(embedding.high_res_feats),
-        )
+                            multimask: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """sam2's own MaskDecoder, for any inputs: `forward`, or for all 4 masks `predict_masks`,
+        whose output `forward` only slices."""
+        decoder = self.model.sam_mask_decoder
+        inputs = dict(image_embeddings=embedding.image_embed, image_pe=self.model.sam_prompt_encoder.get_dense_pe(),
+                      sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                      repeat_image=len(embedding) == 1 and sparse.shape[0] > 1,
+                      high_res_features=list(embedding.high_res_feats))
+        if multimask is None:
+            if not self.single_run_for_both():
+                raise ValueError("multimask: expected True or False for a decoder with dynamic multimask, got None")
+            low_res, iou, _, _ = decoder.predict_masks(**inputs)
+            return low_res, iou
+        low_res, iou, _, _ = decoder(multimask_output=multimask, **inputs)
         return low_res, iou
 
     def postprocess_masks(self, low_res: torch.Tensor, input_size: Size, original_size: Size) -> torch.Tensor:
