@@ -82,17 +82,26 @@ def test_sam2_parity(official_checkpoints, photo):
     run_cases(ours, official_predict, photo)
 
 
-def test_tinysam_parity(photo):
-    """The shipped TinySAM (a small sam2 SAM2Base) through samkit and through SAM2ImagePredictor."""
+def test_tinysam_v2_parity(tmp_path, photo):
+    """TinySAM v2 (a small sam2 SAM2Base, from a safetensors file) through samkit and through
+    SAM2ImagePredictor, on the same weights."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
+    from samkit.models import tinysam
     from samkit.models.sam2 import Sam2Adapter
     from samkit.models.tinysam2_arch import build_tinysam2
 
-    model = samkit.load_model("tinysam", device="cpu")
-    assert isinstance(model, Sam2Adapter), "TinySAM v2 is a sam2 model"
-    sam = build_tinysam2(model.architecture)
-    sam.load_state_dict(model.module.state_dict())
+    torch.manual_seed(0)
+    random = tinysam.load("random", torch.device("cpu"), "hiera")
+    with torch.no_grad():  # the skip projections start at zero; give them weights so they are compared too
+        for projection in (random.module.sam_mask_decoder.conv_s0, random.module.sam_mask_decoder.conv_s1):
+            projection.weight.normal_(0.0, 0.05)
+    path = tmp_path / "tinysam_v2.safetensors"
+    tinysam.save(random, path)
+    model = samkit.load_model("tinysam", checkpoint=path, device="cpu")
+    assert isinstance(model, Sam2Adapter) and model.architecture == "hiera"
+    sam = build_tinysam2("hiera")
+    sam.load_state_dict(random.module.state_dict())
     official = SAM2ImagePredictor(sam.eval())
     # The one size SAM2ImagePredictor does not read off its model: its backbone's feature maps,
     # written for 1024 px. TinySAM's are those of 256 px (strides 4, 8, 16).

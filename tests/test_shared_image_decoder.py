@@ -227,6 +227,18 @@ def test_methods_that_change_the_decoder_switch_the_fast_path_off(tmp_path):
     assert encoder_lora.adapter.shared_image_decoding  # the decoder is untouched: the fast path stays exact
 
 
+@pytest.fixture(scope="module")
+def tinysam_v2():
+    """TinySAM v2's architecture (sam2's SAM2Base, Hiera trunk), seeded random weights; its skip
+    projections start at zero, so they get random weights here, or the skips would add nothing."""
+    torch.manual_seed(0)
+    model = tinysam.load("random", torch.device("cpu"), "hiera")
+    with torch.no_grad():
+        for projection in (model.module.sam_mask_decoder.conv_s0, model.module.sam_mask_decoder.conv_s1):
+            projection.weight.normal_(0.0, 0.05)
+    return model
+
+
 @pytest.fixture
 def fast_calls_sam2(monkeypatch):
     """Counts the SAM 2 adapter's calls that take the fast path."""
@@ -244,22 +256,22 @@ def fast_calls_sam2(monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["points", "points and negatives", "boxes", "box and points", "random tokens"])
-def test_tinysam_v2_with_high_resolution_features(tinysam_random, scene_image, fast_calls_sam2, kind):
+def test_tinysam_v2_with_high_resolution_features(tinysam_v2, scene_image, fast_calls_sam2, kind):
     """sam2's decoder adds the stride-4 and stride-8 features after each ConvTranspose2d: the fast path
     adds them in its own row order and equals sam2's MaskDecoder.forward."""
-    assert tinysam_random.module.sam_mask_decoder.use_high_res_features
-    embedding = tinysam_random.embed(scene_image)
-    sparse, dense = prompt_sets(tinysam_random, 24)[kind]
-    assert_same_decoding(tinysam_random, embedding, sparse, dense, kind)
+    assert tinysam_v2.module.sam_mask_decoder.use_high_res_features
+    embedding = tinysam_v2.embed(scene_image)
+    sparse, dense = prompt_sets(tinysam_v2, 24)[kind]
+    assert_same_decoding(tinysam_v2, embedding, sparse, dense, kind)
     assert fast_calls_sam2 == [24, 24]
 
 
-def test_the_high_resolution_features_matter(tinysam_random, scene_image):
+def test_the_high_resolution_features_matter(tinysam_v2, scene_image):
     """Without them the fast path would compute other masks: the skip features are really added."""
-    embedding = tinysam_random.embed(scene_image)
-    sparse, dense = prompt_sets(tinysam_random, 4)["points"]
-    decoder = tinysam_random.module.sam_mask_decoder
-    pe = tinysam_random.module.sam_prompt_encoder.get_dense_pe()
+    embedding = tinysam_v2.embed(scene_image)
+    sparse, dense = prompt_sets(tinysam_v2, 4)["points"]
+    decoder = tinysam_v2.module.sam_mask_decoder
+    pe = tinysam_v2.module.sam_prompt_encoder.get_dense_pe()
     with torch.no_grad():
         with_skips = decode_shared_image(decoder, embedding.image_embed, pe, dense, sparse, True,
                                          high_res_features=tuple(embedding.high_res_feats))

@@ -31,10 +31,12 @@ CHECKPOINT = Path(str(resources.files("samkit") / "weights" / "tinysam.safetenso
 CHECKPOINT_SHA = CHECKPOINT.with_name("tinysam.safetensors.sha256")
 
 
-# TinySAM's architectures: "vit" is v1 (segment_anything's Sam, a plain 16 px-patch ViT), "hiera"
-# and "conv" are v2 (sam2's SAM2Base with a hierarchical trunk and high-resolution decoder skips).
+# TinySAM's architectures: "vit" is v1 (segment_anything's Sam, a plain 16 px-patch ViT), the one
+# the shipped checkpoint has; "hiera" and "conv" are v2 candidates (sam2's SAM2Base with a
+# hierarchical trunk and high-resolution decoder skips, data/README.md). "random" weights default
+# to the shipped architecture, so they are what `load_model("tinysam")` returns, untrained.
 ARCHITECTURES = ("vit", "hiera", "conv")
-DEFAULT_ARCHITECTURE = "hiera"
+DEFAULT_ARCHITECTURE = "vit"
 
 
 def build(architecture: str, weights: dict[str, torch.Tensor] | None, sha256: str | None, device: torch.device,
