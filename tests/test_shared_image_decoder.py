@@ -30,18 +30,22 @@ def tinysam_v1():
     return tinysam.load("random", torch.device("cpu"), "vit")
 
 
-@pytest.fixture
-def fast_calls(monkeypatch):
-    """Counts the calls that take the fast path."""
+def count_fast_calls(monkeypatch, adapter_module) -> list[int]:
+    """Counts the calls of `adapter_module`'s adapter that take the fast path (prompt sets per call)."""
     calls = []
-    original = sam1.decode_shared_image
+    original = adapter_module.decode_shared_image
 
     def counted(*args, **kwargs):
         calls.append(args[4].shape[0])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(sam1, "decode_shared_image", counted)
+    monkeypatch.setattr(adapter_module, "decode_shared_image", counted)
     return calls
+
+
+@pytest.fixture
+def fast_calls(monkeypatch):
+    return count_fast_calls(monkeypatch, sam1)
 
 
 def prompt_sets(model, batch: int, seed: int = 0) -> dict:
@@ -241,18 +245,9 @@ def tinysam_v2():
 
 @pytest.fixture
 def fast_calls_sam2(monkeypatch):
-    """Counts the SAM 2 adapter's calls that take the fast path."""
     import samkit.models.sam2 as sam2_adapter
 
-    calls = []
-    original = sam2_adapter.decode_shared_image
-
-    def counted(*args, **kwargs):
-        calls.append(args[4].shape[0])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(sam2_adapter, "decode_shared_image", counted)
-    return calls
+    return count_fast_calls(monkeypatch, sam2_adapter)
 
 
 @pytest.mark.parametrize("kind", ["points", "points and negatives", "boxes", "box and points", "random tokens"])
