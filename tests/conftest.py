@@ -35,6 +35,20 @@ def tinysam_random():
 
 
 @pytest.fixture(scope="session")
+def tinysam_v2():
+    """TinySAM v2's architecture (sam2's SAM2Base, Hiera trunk), seeded random weights; its skip
+    projections start at zero, so they get random weights here, or the skips would add nothing."""
+    torch.manual_seed(0)
+    from samkit.models import tinysam
+
+    model = tinysam.load("random", torch.device("cpu"), "hiera")
+    with torch.no_grad():
+        for projection in (model.module.sam_mask_decoder.conv_s0, model.module.sam_mask_decoder.conv_s1):
+            projection.weight.normal_(0.0, 0.05)
+    return model
+
+
+@pytest.fixture(scope="session")
 def scene_image() -> np.ndarray:
     """One ShapeScenes test scene with entities of every class set (256 x 256 RGB)."""
     from samkit.datasets import ShapeScenes

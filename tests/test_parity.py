@@ -82,7 +82,7 @@ def test_sam2_parity(official_checkpoints, photo):
     run_cases(ours, official_predict, photo)
 
 
-def test_tinysam_v2_parity(tmp_path, photo):
+def test_tinysam_v2_parity(tmp_path, photo, tinysam_v2):
     """TinySAM v2 (a small sam2 SAM2Base, from a safetensors file) through samkit and through
     SAM2ImagePredictor, on the same weights."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
@@ -91,11 +91,7 @@ def test_tinysam_v2_parity(tmp_path, photo):
     from samkit.models.sam2 import Sam2Adapter
     from samkit.models.tinysam2_arch import build_tinysam2
 
-    torch.manual_seed(0)
-    random = tinysam.load("random", torch.device("cpu"), "hiera")
-    with torch.no_grad():  # the skip projections start at zero; give them weights so they are compared too
-        for projection in (random.module.sam_mask_decoder.conv_s0, random.module.sam_mask_decoder.conv_s1):
-            projection.weight.normal_(0.0, 0.05)
+    random = tinysam_v2
     path = tmp_path / "tinysam_v2.safetensors"
     tinysam.save(random, path)
     model = samkit.load_model("tinysam", checkpoint=path, device="cpu")

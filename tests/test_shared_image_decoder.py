@@ -231,18 +231,6 @@ def test_methods_that_change_the_decoder_switch_the_fast_path_off(tmp_path):
     assert encoder_lora.adapter.shared_image_decoding  # the decoder is untouched: the fast path stays exact
 
 
-@pytest.fixture(scope="module")
-def tinysam_v2():
-    """TinySAM v2's architecture (sam2's SAM2Base, Hiera trunk), seeded random weights; its skip
-    projections start at zero, so they get random weights here, or the skips would add nothing."""
-    torch.manual_seed(0)
-    model = tinysam.load("random", torch.device("cpu"), "hiera")
-    with torch.no_grad():
-        for projection in (model.module.sam_mask_decoder.conv_s0, model.module.sam_mask_decoder.conv_s1):
-            projection.weight.normal_(0.0, 0.05)
-    return model
-
-
 @pytest.fixture
 def fast_calls_sam2(monkeypatch):
     import samkit.models.sam2 as sam2_adapter
