@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from samkit.analysis import landscape
+from samkit.analysis import fewshot_dose, landscape
+from samkit.datasets import ShapeScenes
 from samkit.methods.prosam import (
     ProSAM,
     VisualReferencePromptEncoder,
@@ -16,6 +17,7 @@ from samkit.methods.prosam import (
     gaussian_prompts,
     mask_on_grid,
     merge_samples,
+    noisy_tokens,
     student_t_prompts,
     student_t_variance,
 )
@@ -126,23 +128,59 @@ def test_slices_have_the_grid_shape_and_pass_through_the_center():
 
 def test_descent_stops_each_prompt_on_its_own_plateau():
     starts = torch.tensor([0.0, 1.0, 5.0]).view(3, 1, 1).expand(3, 1, 2)  # the loss's minimum is at 0
-    result = landscape.descend_prompts(lambda z: (z ** 2).mean((1, 2)), starts, lr=0.05, tolerance=1e-4,
-                                       patience=10, max_steps=1000)
-    assert result.prompts.shape == (3, 1, 2)
+    result = landscape.fit_prompts(lambda z: (z ** 2).mean((1, 2)), starts, lr=0.05, tolerance=1e-4,
+                                   patience=10, max_steps=1000)
+    assert result.prompts.shape == (3, 1, 2) and result.sigma is None
     assert result.plateaued.all()
     assert result.steps[0] < result.steps[2]  # the prompt that started at the minimum stops first
     assert torch.all(result.losses[1:] < 0.1 * torch.tensor([1.0, 25.0]))  # from losses 1 and 25
     assert result.history.shape == (int(result.steps.max()), 3) and np.isnan(result.history[-1, 0])
 
 
-def test_fitting_a_distribution_lowers_the_expected_loss_and_sigma():
+def test_fitting_distributions_lowers_the_expected_loss_and_sigma_row_by_row():
     torch.manual_seed(4)
-    result = landscape.fit_prompt_distribution(lambda z: ((z - 2.0) ** 2).mean((1, 2)), torch.zeros(1, 4),
-                                               sigma_init=1.0, samples=10, lr=0.1, sigma_lr=0.1, patience=50,
-                                               max_steps=300)
-    assert result.history[-1] < result.history[0]
-    assert torch.allclose(result.mu, torch.full((1, 4), 2.0), atol=0.3)
-    assert float(result.sigma.mean()) < 1.0  # noise only costs: sigma shrinks
+    starts = torch.stack([torch.zeros(1, 4), torch.full((1, 4), 4.0)])
+    result = landscape.fit_prompts(lambda z: ((z - 2.0) ** 2).mean((1, 2)), starts, family="student_t",
+                                   sigma_init=1.0, samples=10, lr=0.1, sigma_lr=0.1, patience=50, max_steps=300,
+                                   smoothing=0.5)
+    assert result.history[-1][0] < result.history[0][0] or np.isnan(result.history[-1][0])
+    assert torch.allclose(result.prompts, torch.full((2, 1, 4), 2.0), atol=0.3)
+    assert result.sigma.shape == (2, 1, 4) and float(result.sigma.mean()) < 1.0  # noise only costs
+
+
+def test_a_distribution_with_vanishing_fixed_sigma_follows_gradient_descent():
+    loss_fn, _ = _quadratic()
+    starts = torch.randn(3, 3, 4, dtype=torch.float64)
+    schedule = dict(lr=0.05, tolerance=1e-6, patience=5, max_steps=40)
+    descent = landscape.fit_prompts(loss_fn, starts, **schedule)
+    vanishing = landscape.fit_prompts(loss_fn, starts, family="gaussian", sigma_init=1e-12, learn_sigma=False,
+                                      samples=3, **schedule)
+    assert torch.allclose(vanishing.prompts, descent.prompts, atol=1e-8)
+    assert torch.equal(vanishing.steps, descent.steps)
+    assert torch.allclose(vanishing.sigma, torch.full_like(vanishing.sigma, 1e-12), rtol=1e-9, atol=0)  # kept
+
+
+def test_plateau_smoothing_ignores_one_lucky_draw():
+    plateau = landscape._Plateau(1, tolerance=0.01, patience=3, smoothing=0.9)
+    row = torch.tensor([0])
+    flags = [bool(plateau.update(row, torch.tensor([value]))[0]) for value in (1.0, 0.2, 1.0, 1.0, 1.0)]
+    # raw, the 0.2 would set a reference the next steps never beat; smoothed, it barely moves the average
+    assert plateau.reference[0] > 0.9 and flags[-1]
+
+
+def test_perturbation_iou_is_paired_and_margin_interpolates():
+    score = lambda z: (z.flatten(1).norm(dim=1) < 1.0).double()  # 1 inside the unit ball, 0 outside
+    points = torch.zeros(2, 2, 3, dtype=torch.float64)
+    points[1, 0, 0] = 0.5
+    scores = landscape.perturbation_iou(score, points, [0.0, 0.4, 2.0], draws=64,
+                                        generator=torch.Generator().manual_seed(0))
+    assert scores.shape == (2, 3)
+    assert scores[0].tolist() == [1.0, 1.0, 0.0] and scores[1, 0] == 1.0 and 0 < scores[1, 1] <= 1
+    margins = landscape.margin([0.0, 1.0, 2.0], np.array([[1.0, 1.0, 0.0], [1.0, 0.6, 0.0], [0.5, 0.9, 1.0],
+                                                          [0.9, 0.9, 0.9]]))
+    assert margins.tolist() == pytest.approx([1.2, 0.5, 0.0, np.inf])
+    with pytest.raises(ValueError, match="radii"):
+        landscape.margin([0.5, 1.0], np.ones((1, 2)))
 
 
 # ---- the encoder and the method --------------------------------------------------------
@@ -192,6 +230,14 @@ def test_bce_dice_loss_is_per_mask():
 
 
 @pytest.fixture(scope="module")
+def tiny_vrp():
+    scenes = {"kind": "shapescenes", "size": 64, "seed": 3}
+    return ProSAM(train={**scenes, "split": "train", "classes": "base", "n": 24},
+                  test={**scenes, "split": "val", "classes": "novel", "n": 16}, variant="vrp", tokens=3,
+                  samples=3, dim=64, heads=4, train_episodes=4, test_episodes=3, eval_batch=2)
+
+
+@pytest.fixture(scope="module")
 def tiny_prosam():
     scenes = {"kind": "shapescenes", "size": 64, "seed": 3}
     torch.manual_seed(0)
@@ -232,3 +278,70 @@ def test_resnet_backbone_without_weights_falls_back_to_sams_features(tmp_path):
                         tokens=2, dim=64, heads=4, backbone="resnet50",
                         backbone_weights=str(tmp_path / "missing.pth"))
     assert method.backbone is None and method.prompt_encoder.augment.project.in_channels == 256
+
+
+def test_noisy_tokens_scale_with_the_token_rms_and_vanish_at_zero():
+    torch.manual_seed(6)
+    tokens = torch.randn(3, 4, 256) * torch.tensor([1.0, 5.0, 20.0]).view(3, 1, 1)
+    assert noisy_tokens(tokens, 0.0, samples=10).shape == (1, 3, 4, 256)  # equal copies: one is enough
+    assert torch.equal(noisy_tokens(tokens, 0.0, samples=10)[0], tokens)
+    draws = noisy_tokens(tokens, 0.3, samples=200)
+    spread = (draws - tokens).std(dim=(0, 2, 3)) / tokens.square().mean(dim=(1, 2)).sqrt()
+    assert torch.allclose(spread, torch.full((3,), 0.3), rtol=0.05)
+    with pytest.raises(ValueError, match="noise"):
+        noisy_tokens(tokens, -1.0, samples=2)
+
+
+def test_dose_zero_is_the_vrp_path_exactly_and_a_dose_changes_it(tiny_vrp):
+    method = tiny_vrp
+    batch = [method.train_sample(i, np.random.default_rng(i)) for i in range(2)]
+    method.reset_encoder(0)
+    torch.manual_seed(1)
+    plain, _ = method(batch)
+    plain.backward()
+    plain_grads = [p.grad.clone() for p in method.prompt_encoder.parameters()]
+    method.noise = 0.0
+    method.reset_encoder(0)
+    method.prompt_encoder.zero_grad()
+    torch.manual_seed(2)  # a different noise stream changes nothing at dose 0
+    dosed, _ = method(batch)
+    dosed.backward()
+    assert torch.equal(dosed, plain)
+    assert all(torch.equal(p.grad, g) for p, g in zip(method.prompt_encoder.parameters(), plain_grads))
+    method.noise = 1.0
+    torch.manual_seed(2)
+    assert not torch.equal(method(batch)[0], plain)
+    method.eval()  # testing reads the noise-free tokens whatever the dose
+    items = [{**b, "target_index": i} for i, b in enumerate(batch)]
+    scored = fewshot_dose.score_episodes(method, items, batch=2)
+    method.noise = 0.0
+    assert np.array_equal(fewshot_dose.score_episodes(method, items, batch=2)["iou"], scored["iou"])
+
+
+def test_training_at_two_doses_sees_the_same_batches(tiny_vrp):
+    curves = [fewshot_dose.train_encoder(tiny_vrp, seed=3, steps=2, noise=noise, batch=2) for noise in (0.0, 0.0, 1.0)]
+    assert np.array_equal(curves[0], curves[1])  # seeded: the same start, batches and noise
+    assert curves[2][0] != curves[0][0]  # the first step's loss already sees the noise
+    assert not tiny_vrp.training
+    with pytest.raises(ValueError, match="noise"):
+        ProSAM(train={"kind": "shapescenes", "n": 2}, test={"kind": "shapescenes", "n": 2}, variant="student_t",
+               noise=0.3)
+
+
+def test_decoys_share_the_class_texture_and_hide_part_of_the_truth():
+    scenes = ShapeScenes("val", "novel", n=4, seed=3, size=64)
+    scene = scenes[0]
+    name = scene.class_names[0]
+    image, decoy = scenes.paint_decoy(scene, name, np.random.default_rng(0))
+    again, _ = scenes.paint_decoy(scene, name, np.random.default_rng(0))
+    assert np.array_equal(image, again) and decoy.any()
+    assert np.array_equal(image[~decoy], scene.image[~decoy]) and not np.array_equal(image[decoy], scene.image[decoy])
+    item = {"class_name": name, "target_index": 0, "target_image": scene.image,
+            "target_mask": scene.masks_of(name).any(0)}
+    ambiguous = fewshot_dose.decoy_episodes([item, dict(item)], scenes, seed=0)
+    assert ambiguous[0]["target_image"] is ambiguous[1]["target_image"]  # one decoy per (image, class)
+    assert not (ambiguous[0]["target_mask"] & ambiguous[0]["decoy_mask"]).any()
+    with pytest.raises(ValueError, match="texture_class"):
+        scenes.paint_decoy(scene, "sand", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="style"):
+        ShapeScenes("val", "novel", n=1, size=64, style="ocean").paint_decoy(scene, name, np.random.default_rng(0))

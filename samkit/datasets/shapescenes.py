@@ -411,6 +411,39 @@ class ShapeScenes(Sequence):
         return Scene(image=image, instance_masks=masks, instance_classes=class_ids,
                      semantic=semantic, index=index)
 
+    def paint_decoy(self, scene: Scene, texture_class: str, rng: np.random.Generator,
+                    tries: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """A copy of `scene.image` with a *decoy* painted on top: the shape of another entity class
+        in the texture of `texture_class`, so appearance alone cannot tell it from that class.
+
+        The decoy goes where it covers the least of `texture_class`'s instances among `tries`
+        seeded draws. Returns (image, decoy_mask); the decoy belongs to no class, so a caller's
+        true mask of `texture_class` is its mask & ~decoy_mask (the decoy may hide a part of it).
+        """
+        if texture_class not in ENTITY_CLASSES:
+            raise bad_argument("texture_class", f"an entity class in {ENTITY_CLASSES}", texture_class)
+        if scene.image.shape[:2] != (self.size, self.size):
+            raise bad_argument("scene", f"a scene of this data set's size {self.size}", scene.image.shape)
+        if self.style is not None:  # the decoy would be painted after the style, in plain colours
+            raise bad_argument("style", "the plain style (None) for decoys", self.style)
+        others = [name for name in ENTITY_CLASSES if name != texture_class]
+        shape_class = others[int(rng.integers(len(others)))]
+        truth = scene.masks_of(texture_class).any(axis=0)
+        best, best_cover = None, None
+        for _ in range(tries):
+            entity = self._draw_entity(VOCABULARY.index(shape_class), rng)
+            cover = np.count_nonzero(truth[entity.rows, entity.cols] & entity.shape)
+            if best is None or cover < best_cover:
+                best, best_cover = entity, cover
+        image = scene.image.copy()
+        patch = _crop(class_texture(texture_class, self.size), best.shape.shape[0], best.shape.shape[1], rng)
+        light = np.repeat(best.shading[..., None], 3, axis=2)
+        np.copyto(image[best.rows, best.cols], np.minimum(patch * light, 255.0).astype(np.uint8),
+                  where=np.repeat(best.shape[..., None], 3, axis=2))
+        decoy = np.zeros(scene.image.shape[:2], dtype=bool)
+        decoy[best.rows, best.cols] = best.shape
+        return image, decoy
+
     def _draw_background(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """1-3 stuff regions separated by wavy boundaries; returns (image, semantic)."""
         size = self.size

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,18 @@ def sample_prompts(family: str, mu: torch.Tensor, sigma: torch.Tensor, samples: 
     if family == "gaussian":
         return gaussian_prompts(mu, sigma, samples)
     raise bad_argument("family", "student_t or gaussian", family)
+
+
+def noisy_tokens(tokens: torch.Tensor, noise: float, samples: int) -> torch.Tensor:
+    """`samples` copies of (B, m, 256) tokens plus Gaussian noise of std `noise` times each prompt
+    set's token RMS: (samples, B, m, 256). The fixed-size smoothing of Proposition 1 without a
+    learned scale; noise = 0 returns the tokens themselves, once (K copies would all be equal)."""
+    if not noise >= 0:
+        raise bad_argument("noise", "a number >= 0 (times the token RMS)", noise)
+    if noise == 0:
+        return tokens[None]
+    rms = tokens.detach().square().mean(dim=(-2, -1), keepdim=True).sqrt()  # a size, not a path for gradients
+    return tokens + noise * rms * torch.randn((samples, *tokens.shape), device=tokens.device, dtype=tokens.dtype)
 
 
 # ---- Sec. 8: the visual reference prompt encoder --------------------------------------
@@ -216,6 +228,17 @@ def episode_classes(dataset: Sequence, fold: int | None, n_folds: int, novel: bo
     return tuple(name for name in names if (name in held_out) == novel)
 
 
+def episode_items(pairs: FewShotPairs, indices: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    """One-shot episodes of `pairs` (all, or `indices`) as the method's batch items."""
+    items = []
+    for index in range(len(pairs)) if indices is None else indices:
+        episode = pairs[index]
+        items.append({"class_name": episode.class_name, "reference_image": episode.reference[0].image,
+                      "reference_mask": episode.reference_masks[0], "target_image": episode.target.image,
+                      "target_mask": episode.target_mask, "target_index": episode.target_index})
+    return items
+
+
 @register_method("prosam")
 class ProSAM(Method):
     """VRP-SAM (`variant="vrp"`) or ProSAM (`"student_t"`, or `"gaussian"` for Table 4) on one-shot episodes.
@@ -223,6 +246,8 @@ class ProSAM(Method):
     train / test: data set specs (`samkit.datasets.specs`). fold: None trains on every class of
     `train` and tests on every class of `test` (ShapeScenes: base -> novel); an int holds out that
     fold's classes (PASCAL-5i / COCO-20i). tokens: m; samples: K; nu: the t's degrees of freedom.
+    noise: VRP-SAM only, Gaussian noise of std `noise` x the token RMS on its tokens while training
+    (K = `samples` draws; `noisy_tokens`), the dose of ProSAM's smoothing without a learned scale.
     backbone: "sam" uses the frozen SAM image embedding (from the cache) as the encoder's features;
     "resnet50" a frozen torchvision ResNet-50 (layer2 + layer3, VRP-SAM's choice) when
     `backbone_weights` (a torchvision state dict) exists, else SAM's with a warning.
@@ -233,7 +258,7 @@ class ProSAM(Method):
                  tokens: int = 50, samples: int = 10, nu: float = NU, dim: int = 256, heads: int = 8,
                  log_sigma_init: float = 0.0, train_episodes: int | None = None, test_episodes: int = 1000,
                  eval_batch: int = 8, episode_seed: int = 0, backbone: str = "sam",
-                 backbone_weights: str | None = None, device: torch.device | str = "cpu"):
+                 backbone_weights: str | None = None, noise: float = 0.0, device: torch.device | str = "cpu"):
         super().__init__()
         if variant not in VARIANTS:
             raise bad_argument("variant", f"one of {VARIANTS}", variant)
@@ -241,6 +266,9 @@ class ProSAM(Method):
             raise bad_argument("backbone", f"one of {BACKBONES}", backbone)
         if not isinstance(samples, int) or samples < 1:
             raise bad_argument("samples", "an int >= 1", samples)
+        if not (isinstance(noise, (int, float)) and noise >= 0) or (noise and variant != "vrp"):
+            raise bad_argument("noise", "a number >= 0, and 0 unless variant is vrp (ProSAM learns its scale)", noise)
+        self.noise = float(noise)
         self.adapter: SamAdapter = load_model(model, checkpoint=checkpoint, device=device)
         self.adapter.module.requires_grad_(False)  # SAM is frozen; kept off the module tree (not saved)
         self.encoder_cache = CachedEncoder(self.adapter, memory_items=8192)
@@ -249,9 +277,9 @@ class ProSAM(Method):
             self.backbone = None
         in_dim = self.backbone.channels if self.backbone is not None else self.adapter.token_dim
         self.variant, self.samples, self.nu = variant, samples, nu
-        self.prompt_encoder = VisualReferencePromptEncoder(in_dim, dim, tokens, heads, self.adapter.token_dim,
-                                                           variational=variant != "vrp",
-                                                           log_sigma_init=log_sigma_init)
+        self._encoder_args = dict(in_dim=in_dim, dim=dim, tokens=tokens, heads=heads, token_dim=self.adapter.token_dim,
+                                  variational=variant != "vrp", log_sigma_init=log_sigma_init)
+        self.prompt_encoder = VisualReferencePromptEncoder(**self._encoder_args)
         self.train_data, self.test_data = build_dataset(train, "train"), build_dataset(test, "test")
         train_classes = episode_classes(self.train_data, fold, n_folds, novel=False)
         test_classes = episode_classes(self.test_data, fold, n_folds, novel=fold is not None)
@@ -262,6 +290,12 @@ class ProSAM(Method):
 
     def __len__(self) -> int:
         return self.train_episodes
+
+    def reset_encoder(self, seed: int) -> None:
+        """A fresh prompt encoder, initialised from `seed` (SAM and the cached embeddings are kept)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.prompt_encoder = VisualReferencePromptEncoder(**self._encoder_args).to(self.adapter.device)
 
     # ---- data --------------------------------------------------------------------------
     def train_sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
@@ -292,9 +326,10 @@ class ProSAM(Method):
         return target, mu, log_sigma, pseudo
 
     def sample(self, mu: torch.Tensor, log_sigma: torch.Tensor | None, samples: int) -> torch.Tensor:
-        """(samples, B, m, 256) prompts: the tokens themselves for VRP-SAM, Eq. 7 draws for ProSAM."""
+        """(samples, B, m, 256) prompts: the tokens themselves for VRP-SAM (noisy copies while training
+        with `noise`), Eq. 7 draws for ProSAM."""
         if log_sigma is None:
-            return mu[None]
+            return noisy_tokens(mu, self.noise if self.training else 0.0, samples)
         return sample_prompts(self.variant, mu, log_sigma.exp(), samples, self.nu, event_dims=2)
 
     def mask_logits(self, target: ImageEmbedding, prompts: torch.Tensor) -> list[torch.Tensor]:
@@ -331,37 +366,47 @@ class ProSAM(Method):
         return {"mean": [x[0] for x in logits], "samples": None if draws is None else [x[1:] for x in logits],
                 "pseudo": pseudo[:, 0]}
 
-    def evaluate(self) -> dict[str, float]:
-        """On the test episodes: mIoU (per class: total intersection / total union; then the mean over
-        classes, the few-shot convention), pixel TPR/TNR/FPR/FNR (Table 6) and, for ProSAM, the mIoU of
-        Table 8's ways to merge K sampled masks."""
+    def score(self, batches: Iterable[list[dict[str, Any]]], samples: int = 0) -> dict[str, Any]:
+        """Test the mean prompt on episodes given as batches of items: IoU per episode, mIoU (per class:
+        total intersection / total union; then the mean over classes, the few-shot convention), pixel
+        TPR/TNR/FPR/FNR of the mean prompt (Table 6) and, with `samples` > 0 for ProSAM, the mIoU of
+        Table 8's ways to merge that many sampled masks."""
         threshold = self.adapter.mask_threshold
-        names = ["mean"] + ([f"{s}" for s in STRATEGIES] if self.variant != "vrp" else [])
+        names = ["mean"] + (list(STRATEGIES) if samples and self.variant != "vrp" else [])
         inter = {name: {} for name in names}
         union = {name: {} for name in names}
-        confusion = np.zeros(4)  # tp, fp, fn, tn of the mean prompt
-        for start in range(0, len(self.test_pairs), self.eval_batch):
-            episodes = [self.test_pairs[i] for i in range(start, min(len(self.test_pairs), start + self.eval_batch))]
-            batch = [{"reference_image": e.reference[0].image, "reference_mask": e.reference_masks[0],
-                      "target_image": e.target.image} for e in episodes]
-            out = self.predict(batch, samples=self.samples if self.variant != "vrp" else 0)
-            for b, episode in enumerate(episodes):
-                truth = torch.as_tensor(episode.target_mask, device=out["mean"][b].device)
+        ious, confusion = [], np.zeros(4)  # tp, fp, fn, tn of the mean prompt
+        for items in batches:
+            out = self.predict(items, samples=samples if len(names) > 1 else 0)
+            for b, item in enumerate(items):
+                truth = torch.as_tensor(item["target_mask"], device=out["mean"][b].device)
                 masks = {"mean": out["mean"][b] > threshold}
                 if out["samples"] is not None:
                     masks.update(merge_samples(out["samples"][b], threshold))
                 for name, mask in masks.items():
-                    inter[name][episode.class_name] = inter[name].get(episode.class_name, 0) + int((mask & truth).sum())
-                    union[name][episode.class_name] = union[name].get(episode.class_name, 0) + int((mask | truth).sum())
-                mean_mask = masks["mean"]
-                confusion += [int((mean_mask & truth).sum()), int((mean_mask & ~truth).sum()),
-                              int((~mean_mask & truth).sum()), int((~mean_mask & ~truth).sum())]
+                    c = item["class_name"]
+                    inter[name][c] = inter[name].get(c, 0) + int((mask & truth).sum())
+                    union[name][c] = union[name].get(c, 0) + int((mask | truth).sum())
+                mean = masks["mean"]
+                counts = [int((mean & truth).sum()), int((mean & ~truth).sum()), int((~mean & truth).sum()),
+                          int((~mean & ~truth).sum())]
+                confusion += counts
+                ious.append(counts[0] / sum(counts[:3]) if sum(counts[:3]) else 1.0)  # both empty: right
         miou = {name: float(np.mean([inter[name][c] / max(1, union[name][c]) for c in inter[name]])) for name in names}
         tp, fp, fn, tn = (float(count) for count in confusion)
-        result = {"miou": miou["mean"], "TPR": tp / max(1.0, tp + fn), "TNR": tn / max(1.0, tn + fp),
-                  "FPR": fp / max(1.0, tn + fp), "FNR": fn / max(1.0, tp + fn)}
-        result.update({f"miou_{name}": miou[name] for name in names if name != "mean"})
-        return result
+        return {"miou": miou["mean"], "iou": np.array(ious),
+                "rates": {"TPR": tp / max(1.0, tp + fn), "TNR": tn / max(1.0, tn + fp),
+                          "FPR": fp / max(1.0, tn + fp), "FNR": fn / max(1.0, tp + fn)},
+                "strategies": {name: miou[name] for name in names if name != "mean"}}
+
+    def evaluate(self) -> dict[str, float]:
+        """`score` on the test episodes (drawn batch by batch): mIoU, the pixel rates and, for ProSAM,
+        Table 8's merges of K draws."""
+        batches = (episode_items(self.test_pairs, range(start, min(len(self.test_pairs), start + self.eval_batch)))
+                   for start in range(0, len(self.test_pairs), self.eval_batch))
+        scores = self.score(batches, samples=self.samples if self.variant != "vrp" else 0)
+        return {"miou": scores["miou"], **scores["rates"],
+                **{f"miou_{name}": value for name, value in scores["strategies"].items()}}
 
     def describe(self) -> str:
         features = "resnet50" if self.backbone is not None else f"{self.adapter.name} embeddings"
@@ -415,5 +460,5 @@ class _ResNetFeatures:
 
 
 __all__ = ["BACKBONES", "NU", "STRATEGIES", "VARIANTS", "FeatureAugmentation", "ProSAM",
-           "VisualReferencePromptEncoder", "bce_dice_loss", "episode_classes", "gaussian_prompts", "mask_on_grid",
-           "merge_samples", "sample_prompts", "student_t_prompts", "student_t_variance"]
+           "VisualReferencePromptEncoder", "bce_dice_loss", "episode_classes", "episode_items", "gaussian_prompts", "mask_on_grid",
+           "merge_samples", "noisy_tokens", "sample_prompts", "student_t_prompts", "student_t_variance"]

@@ -1,0 +1,27 @@
+"""Summaries over seeds and episodes: a mean with its 95% interval (Student's t)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats
+
+from samkit.errors import bad_argument
+
+
+def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """(mean, half-width of the 95% t-interval) of independent values such as one number per seed.
+
+    With n values the half-width is t_{0.975, n-1} * std / sqrt(n); one value has no interval (nan).
+    """
+    array = np.asarray(values, dtype=np.float64).ravel()
+    if array.size == 0 or not np.isfinite(array).all():
+        raise bad_argument("values", "a non-empty sequence of finite numbers", values)
+    if array.size == 1:
+        return float(array[0]), float("nan")
+    half = stats.t.ppf(0.975, array.size - 1) * array.std(ddof=1) / np.sqrt(array.size)
+    return float(array.mean()), float(half)
+
+
+__all__ = ["mean_ci95"]
