@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from samkit.stats import mean_ci95
 
@@ -15,6 +16,8 @@ def test_interval_is_students_t_and_one_value_has_none():
     rng = np.random.default_rng(0)
     covered = sum(abs(m) <= h for m, h in (mean_ci95(rng.normal(size=5)) for _ in range(2000)))
     assert 0.93 <= covered / 2000 <= 0.97  # a 95% interval covers the true mean 95% of the time
+    wider = mean_ci95([1.0, 2.0, 3.0], level=1 - 0.05 / 3)[1]  # Bonferroni for the best of 3
+    assert wider == pytest.approx(stats.t.ppf(1 - 0.05 / 6, 2) / math.sqrt(3), rel=1e-9) and wider > half
 
 
 def test_bad_values_name_the_argument():
@@ -22,3 +25,5 @@ def test_bad_values_name_the_argument():
         mean_ci95([])
     with pytest.raises(ValueError, match="values"):
         mean_ci95([1.0, float("nan")])
+    with pytest.raises(ValueError, match="level"):
+        mean_ci95([1.0, 2.0], level=95)
