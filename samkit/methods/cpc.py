@@ -13,9 +13,17 @@ CaPL, f_theta, has two parts:
   and trained so that each entity's prompt attends to that entity: Eq. 2. Here Xi is a
   low-rank bilinear map of (prompt token, image feature), added to the attention logits.
 
-SAM (LoRA) and CaPL are optimised in turn (Eq. 3 and Eq. 4): even steps move CaPL on
-L_CaPL = L_task + L_entity, odd steps move SAM's LoRA on L_SAM + lambda_en * L_entity. This is
-the usual first-order, alternating reading of the bi-level objective.
+SAM (LoRA) and CaPL are optimised by one of two schedules. `schedule="two_stage"` is the
+paper's own account (App. D, F.4): stage 1 keeps SAM fixed while CaPL learns on
+L_CaPL = L_task + L_entity for `capl_steps` optimiser steps; stage 2 locks CaPL and moves SAM's
+LoRA on L_SAM + lambda_en * L_entity. `schedule="alternating"` is the first-order reading of
+Eq. 4: even steps move CaPL, odd steps SAM.
+
+With `prompt_draw="confounded"` the N_t random-annotation sets carry a task-irrelevant factor
+(`samkit.datasets.confounded_boxes`): set i is drawn in environment environments[i % len], so
+sets from different environments disagree exactly where the factor acts. `box_context` gives
+the task module what is under the box (the mean image feature), which its weighting needs to
+tell a box's error from the object.
 """
 
 from __future__ import annotations
@@ -32,22 +40,29 @@ from torch import Tensor, nn
 
 from samkit.errors import bad_argument
 from samkit.methods.base import register_method
-from samkit.methods.finetune import Finetune, mask_loss, zero_output_mlp
+from samkit.datasets.confounded_boxes import confounded_box
+from samkit.methods.finetune import Finetune, mask_loss, with_context, zero_output_mlp
 from samkit.models.base import ImageEmbedding, SamAdapter
 from samkit.prompts import random_annotation_box
 
 VARIANTS = ("fixed", "learnable", "task", "causal")  # Fig. 6: the prompt types compared
+SCHEDULES = ("alternating", "two_stage")
 
 
 class TaskCausalModule(nn.Module):
-    """Re-weights prompt tokens: t' = w(t) * t with w = 2 sigmoid(MLP(t)) in (0, 2); w = 1 at start."""
+    """Re-weights prompt tokens: t' = w * t with w = 2 sigmoid(MLP(t, context)) in (0, 2), w = 1 at
+    start; the optional context (`context_dim`) is what lies under the prompt, e.g. its box's mean
+    image feature."""
 
-    def __init__(self, dim: int = 256, hidden: int = 256):
+    def __init__(self, dim: int = 256, hidden: int = 256, context_dim: int = 0):
         super().__init__()
-        self.mlp = zero_output_mlp(dim, hidden)
+        self.mlp = zero_output_mlp(dim + context_dim, hidden, dim)
+        self.last_weights: Tensor | None = None  # w of the last call, to measure how far CaPL moved
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        return tokens * 2 * torch.sigmoid(self.mlp(tokens))
+    def forward(self, tokens: Tensor, context: Tensor | None = None) -> Tensor:
+        weights = 2 * torch.sigmoid(self.mlp(with_context(tokens, context)))
+        self.last_weights = weights.detach()
+        return tokens * weights
 
 
 class EntityCausalModule(nn.Module):
@@ -139,16 +154,23 @@ class CausalPromptCalibration(Finetune):
 
     def __init__(self, train: dict[str, Any], eval_base: dict[str, Any], eval_novel: dict[str, Any] | None = None,
                  variant: str = "causal", n_sets: int = 2, lambda_xi: float = 0.4, lambda_en: float = 0.6,
-                 xi_rank: int = 16, **finetune_args: Any):
+                 xi_rank: int = 16, schedule: str = "alternating", capl_steps: int = 0, **finetune_args: Any):
         if variant not in VARIANTS:
             raise bad_argument("variant", f"one of {VARIANTS}", variant)
         if not isinstance(n_sets, int) or n_sets < 1:
             raise bad_argument("n_sets", "an int >= 1", n_sets)
+        if schedule not in SCHEDULES:
+            raise bad_argument("schedule", f"one of {SCHEDULES}", schedule)
+        if not isinstance(capl_steps, int) or capl_steps < 0 or (schedule == "two_stage" and capl_steps == 0):
+            raise bad_argument("capl_steps", "an int >= 1: the optimiser steps of stage 1 (schedule two_stage)",
+                               capl_steps)
         super().__init__(train, eval_base, eval_novel, **finetune_args)
         self.variant, self.n_sets, self.lambda_xi, self.lambda_en = variant, n_sets, lambda_xi, lambda_en
+        self.schedule, self.capl_steps = schedule, capl_steps
         dim = self.adapter.token_dim
         self.output_tokens = self.adapter.output_tokens  # IoU token + mask tokens
-        self.task_module = TaskCausalModule(dim) if variant in ("task", "causal") else None
+        self.task_module = (TaskCausalModule(dim, context_dim=dim if self.box_context else 0)
+                            if variant in ("task", "causal") else None)
         self.entity_module = (EntityCausalModule(len(self.adapter.decoder_cross_attentions()), dim, xi_rank)
                               if variant == "causal" else None)
         if self.entity_module is not None:  # `calibrated` swaps the decoder's attentions: general path
@@ -163,7 +185,12 @@ class CausalPromptCalibration(Finetune):
         sample = self.train_data[index]
         masks = sample.instance_masks[sample.instance_masks.any(axis=(1, 2))]
         masks = masks[np.sort(rng.permutation(len(masks))[: self.instances_per_image])]
-        boxes = [[random_annotation_box(m, rng) for m in masks] for _ in range(self.n_sets)]
+        if self.prompt_draw == "confounded":  # set i in environment environments[i % len]
+            semantic = self.semantic_of(sample)
+            boxes = [[confounded_box(m, semantic, self.environments[i % len(self.environments)], rng) for m in masks]
+                     for i in range(self.n_sets)]
+        else:
+            boxes = [[random_annotation_box(m, rng) for m in masks] for _ in range(self.n_sets)]
         return {"image": sample.image, "masks": masks,
                 "boxes": np.array(boxes, dtype=np.float32).reshape(self.n_sets, -1, 4)}
 
@@ -176,7 +203,7 @@ class CausalPromptCalibration(Finetune):
                   for b, size in zip(boxes, embedding.original_sizes)]
         sparse, dense = torch.cat([t[0] for t in tokens]), torch.cat([t[1] for t in tokens])
         if self.task_module is not None and self.use_capl:
-            sparse = self.task_module(sparse)  # the task causal module's re-weighting (Eq. 1)
+            sparse = self.task_module(sparse, self.box_contexts(embedding, boxes))  # Eq. 1's re-weighting
         if self.learned_token is not None and self.use_capl:
             sparse = sparse + self.learned_token
         rows = [i for i, b in enumerate(boxes) for _ in range(len(b))]
@@ -209,7 +236,9 @@ class CausalPromptCalibration(Finetune):
         loss_task = per_set.sum(0).sum() / len(batch)
         loss_sam = per_set.mean(0).sum() / len(batch)  # Eq. 3: SAM's segmentation loss
         logs = {"loss_sam": float(loss_sam.detach())}
-        if attention is None:  # fixed / learnable / task variants: no entity module, one level
+        if attention is None:  # fixed / learnable / task variants: no entity module
+            if self.schedule == "two_stage" and self.task_module is not None:
+                return (loss_task if self.capl_step else loss_sam), logs
             return (loss_task if self.task_module is not None else loss_sam), logs
         # Eq. 2: L_entity = sum_e L_SAM(Xi^e) + lambda_Xi ||Xi^e||_1, one entity per prompt set
         size = embedding.image_embed.shape[-2:]
@@ -223,15 +252,28 @@ class CausalPromptCalibration(Finetune):
 
     @property
     def capl_step(self) -> bool:
-        """Bi-level alternation: even optimiser steps move CaPL, odd steps move SAM."""
+        """Whether this optimiser step moves CaPL (else SAM): the first `capl_steps` steps in the
+        two-stage schedule; the even steps when alternating (with an entity module)."""
+        if self.schedule == "two_stage":
+            return bool(self.capl_names) and self.global_step < self.capl_steps
         return self.entity_module is not None and self.global_step % 2 == 0
 
     def before_optimizer_step(self) -> None:
-        if self.entity_module is None:
+        if self.schedule == "alternating" and self.entity_module is None:
             return
         for name, parameter in self.named_parameters():
             if parameter.requires_grad and (name in self.capl_names) != self.capl_step:
                 parameter.grad = None  # the other level's parameters stay where they are
+
+    @torch.no_grad()
+    def movement(self, images: list[np.ndarray], boxes: list[np.ndarray]) -> dict[str, float]:
+        """How far CaPL is from the identity on these prompts: the root mean square of w - 1 (the
+        task module's weights) and the mean |Xi| (the entity module's calibration); 0 at the start."""
+        self.eval()
+        _, _, xis = self.calibrated_logits(self.embed(images), [np.asarray(b, dtype=np.float32) for b in boxes])
+        weights = None if self.task_module is None else self.task_module.last_weights
+        return {"w_rms_from_1": float((weights - 1).square().mean().sqrt()) if weights is not None else 0.0,
+                "xi_abs_mean": float(torch.stack([xi.abs().mean() for xi in xis]).mean()) if xis else 0.0}
 
     def describe(self) -> str:
         capl = sum(p.numel() for n, p in self.named_parameters() if n in self.capl_names)

@@ -9,6 +9,11 @@ What trains is a choice:
 - `trainable="decoder"`: the whole mask decoder;
 - `trainable="prompt_adapter"`: a small residual MLP on the box prompt tokens, SAM frozen.
 
+Training boxes are tight, jittered (`box_jitter`), or with `prompt_draw="confounded"` drawn by
+`samkit.datasets.confounded_boxes`: one side stretched by a rule that depends on the entity's
+background and on an environment (CPC-SAM's task-irrelevant factor, built on purpose).
+`box_context` lets the prompt adapter see the mean image feature under each box.
+
 Whenever the image encoder is frozen its embeddings come from `samkit.cache`, so only the
 first epoch runs the encoder.
 """
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 from samkit.cache import CachedEncoder
+from samkit.datasets.confounded_boxes import ENVIRONMENTS, confounded_box
 from samkit.datasets.specs import build_dataset
 from samkit.errors import bad_argument
 from samkit.lora import add_lora
@@ -34,6 +40,7 @@ from samkit.models.registry import load_model
 from samkit.prompts import jittered_box, tight_box
 
 TRAINABLE = ("lora", "decoder", "prompt_adapter")
+PROMPT_DRAWS = ("jitter", "confounded")
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -41,23 +48,48 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return bce_dice_loss(logits, target).mean()
 
 
-def zero_output_mlp(dim: int, hidden: int) -> nn.Sequential:
+def zero_output_mlp(dim: int, hidden: int, out_dim: int | None = None) -> nn.Sequential:
     """Linear-GELU-Linear whose last layer starts at zero: a token module that starts neutral."""
-    mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+    mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out_dim or dim))
     nn.init.zeros_(mlp[-1].weight)
     nn.init.zeros_(mlp[-1].bias)
     return mlp
 
 
+def with_context(tokens: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    """(P, N, C) tokens, each prompt's (P, D) context appended to every one of its tokens."""
+    if context is None:
+        return tokens
+    return torch.cat([tokens, context[:, None].expand(-1, tokens.shape[1], -1).to(tokens)], dim=-1)
+
+
+def pooled_under_boxes(embedding: ImageEmbedding, boxes: list[np.ndarray]) -> torch.Tensor:
+    """(sum K_i, C): the mean image feature over the embedding cells each box covers (at least one).
+
+    SAM resizes an image's longest side to its input size, which the h x h grid covers, so an
+    original pixel is h / (longest side) cells."""
+    pooled = []
+    for i, image_boxes in enumerate(boxes):
+        embed = embedding.image_embed[i]
+        h, w = embed.shape[-2:]
+        scale = h / max(embedding.original_sizes[i])  # original pixels -> cells
+        for x0, y0, x1, y1 in np.asarray(image_boxes, dtype=np.float64).reshape(-1, 4) * scale:
+            c0, r0 = min(int(x0), w - 1), min(int(y0), h - 1)
+            c1, r1 = max(c0 + 1, min(w, int(np.ceil(x1)))), max(r0 + 1, min(h, int(np.ceil(y1))))
+            pooled.append(embed[:, r0:r1, c0:c1].mean(dim=(1, 2)))
+    return torch.stack(pooled)
+
+
 class PromptAdapter(nn.Module):
-    """A residual 2-layer MLP on prompt tokens; zero-initialised output, so it starts as the identity."""
+    """A residual 2-layer MLP on prompt tokens (and, with `context_dim`, each prompt's context
+    such as the image feature under its box); zero-initialised output, so it starts as the identity."""
 
-    def __init__(self, dim: int = 256, hidden: int = 256):
+    def __init__(self, dim: int = 256, hidden: int = 256, context_dim: int = 0):
         super().__init__()
-        self.mlp = zero_output_mlp(dim, hidden)
+        self.mlp = zero_output_mlp(dim + context_dim, hidden, dim)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens + self.mlp(tokens)
+    def forward(self, tokens: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return tokens + self.mlp(with_context(tokens, context))
 
 
 @register_method("finetune")
@@ -74,14 +106,22 @@ class Finetune(Method):
                  model: str = "tinysam", checkpoint: str | None = None, trainable: str = "lora",
                  lora_rank: int = 4, lora_parts: Sequence[str] = ("mask_decoder",), unfreeze: Sequence[str] = (),
                  instances_per_image: int = 4, box_jitter: float = 0.0, eval_batch: int = 8,
+                 prompt_draw: str = "jitter", environments: Sequence[int] = (0, 1), box_context: bool = False,
                  device: torch.device | str = "cpu"):
         super().__init__()
         if trainable not in TRAINABLE:
             raise bad_argument("trainable", f"one of {TRAINABLE}", trainable)
+        if prompt_draw not in PROMPT_DRAWS:
+            raise bad_argument("prompt_draw", f"one of {PROMPT_DRAWS}", prompt_draw)
+        if not environments or not all(isinstance(e, int) and 0 <= e < len(ENVIRONMENTS) for e in environments):
+            raise bad_argument("environments", f"a non-empty list of ints in [0, {len(ENVIRONMENTS)})", environments)
+        self.prompt_draw, self.environments, self.box_context = prompt_draw, tuple(environments), bool(box_context)
         self.adapter: SamAdapter = load_model(model, checkpoint=checkpoint, device=device)
         self.sam = self.adapter.module  # registered here, so the trainer sees SAM's parameters
         self.sam.requires_grad_(False)
-        self.prompt_adapter = PromptAdapter(self.adapter.token_dim) if trainable == "prompt_adapter" else None
+        dim = self.adapter.token_dim
+        self.prompt_adapter = (PromptAdapter(dim, context_dim=dim if box_context else 0)
+                               if trainable == "prompt_adapter" else None)
         if trainable == "lora":
             add_lora(self.sam, rank=lora_rank, parts=lora_parts, unfreeze=unfreeze, paths=self.adapter.part_paths)
             if "mask_decoder" in lora_parts:  # the fast path reads the base weights only (see samkit.lora)
@@ -106,8 +146,25 @@ class Finetune(Method):
         masks = sample.instance_masks[sample.instance_masks.any(axis=(1, 2))]
         chosen = rng.permutation(len(masks))[: self.instances_per_image]
         masks = masks[np.sort(chosen)]
-        boxes = [jittered_box(m, rng, self.box_jitter) if self.box_jitter else tight_box(m) for m in masks]
+        if self.prompt_draw == "confounded":  # one environment per sample, drawn from `environments`
+            environment = self.environments[int(rng.integers(len(self.environments)))]
+            boxes = [confounded_box(m, self.semantic_of(sample), environment, rng) for m in masks]
+        else:
+            boxes = [jittered_box(m, rng, self.box_jitter) if self.box_jitter else tight_box(m) for m in masks]
         return {"image": sample.image, "masks": masks, "boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4)}
+
+    @staticmethod
+    def semantic_of(sample: Any) -> np.ndarray:
+        """A sample's semantic map (the background a confounded box depends on)."""
+        semantic = getattr(sample, "semantic", None)
+        if semantic is None:
+            raise bad_argument("prompt_draw", "'jitter' for data without a semantic map (confounded boxes read "
+                               "the background class: ShapeScenes)", "confounded")
+        return semantic
+
+    def box_contexts(self, embedding: ImageEmbedding, boxes: list[np.ndarray]) -> torch.Tensor | None:
+        """The mean image feature under every box when `box_context`, else None."""
+        return pooled_under_boxes(embedding, boxes) if self.box_context else None
 
     # ---- model -------------------------------------------------------------------------
     def embed(self, images: list[np.ndarray]) -> ImageEmbedding:
@@ -122,7 +179,7 @@ class Finetune(Method):
         sparse = torch.cat([t[0] for t in tokens])
         dense = torch.cat([t[1] for t in tokens])
         if self.prompt_adapter is not None:
-            sparse = self.prompt_adapter(sparse)
+            sparse = self.prompt_adapter(sparse, self.box_contexts(embedding, boxes))
         rows = [i for i, b in enumerate(boxes) for _ in range(len(b))]
         low_res, _ = self.adapter.decode(embedding.select(rows), sparse, dense, multimask=False)
         return self.per_image_logits(low_res, embedding, boxes)
