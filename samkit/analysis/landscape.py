@@ -201,8 +201,8 @@ def _check_point(point: torch.Tensor, name: str = "center") -> torch.Tensor:
     return point.detach()
 
 
-def _chunked(loss_fn: BatchedLoss, points: torch.Tensor, chunk: int) -> torch.Tensor:
-    """loss_fn over many points, `chunk` rows per call (memory), without autograd."""
+def chunked_values(loss_fn: BatchedLoss, points: torch.Tensor, chunk: int) -> torch.Tensor:
+    """`loss_fn` (or any batched score) over many points, `chunk` rows per call (memory), without autograd."""
     with torch.no_grad():
         return torch.cat([loss_fn(points[start:start + chunk]) for start in range(0, len(points), chunk)])
 
@@ -227,7 +227,7 @@ def perturbation_iou(score_fn: BatchedLoss, points: torch.Tensor, radii: Sequenc
     directions = random_directions(draws, points.shape[1:], generator, points.dtype).to(points)
     lengths = torch.as_tensor(list(radii), dtype=points.dtype, device=points.device)
     moved = points[:, None, None] + lengths.view(1, -1, 1, *([1] * (points.ndim - 1))) * directions[None, None]
-    scores = _chunked(score_fn, moved.flatten(0, 2), chunk).view(len(points), len(lengths), draws)
+    scores = chunked_values(score_fn, moved.flatten(0, 2), chunk).view(len(points), len(lengths), draws)
     return scores.mean(-1).double().cpu().numpy()
 
 
@@ -259,7 +259,7 @@ def slice_1d(loss_fn: BatchedLoss, center: torch.Tensor, direction: torch.Tensor
     if direction.shape != center.shape:
         raise bad_argument("direction", f"a tensor of the center's shape {tuple(center.shape)}", direction)
     t = torch.as_tensor(offsets, dtype=center.dtype).view(-1, *([1] * center.ndim))
-    return _chunked(loss_fn, center + t * direction.to(center), chunk).cpu().numpy()
+    return chunked_values(loss_fn, center + t * direction.to(center), chunk).cpu().numpy()
 
 
 def slice_2d(loss_fn: BatchedLoss, center: torch.Tensor, directions: tuple[torch.Tensor, torch.Tensor],
@@ -271,7 +271,7 @@ def slice_2d(loss_fn: BatchedLoss, center: torch.Tensor, directions: tuple[torch
     a, b = torch.meshgrid(t, t, indexing="ij")
     expand = (-1, *([1] * center.ndim))
     points = center + a.reshape(expand) * first + b.reshape(expand) * second
-    return _chunked(loss_fn, points, chunk).view(len(t), len(t)).cpu().numpy()
+    return chunked_values(loss_fn, points, chunk).view(len(t), len(t)).cpu().numpy()
 
 
 def hessian_vector_products(loss_fn: BatchedLoss, points: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
@@ -330,18 +330,18 @@ def noise_expectation(loss_fn: BatchedLoss, center: torch.Tensor, sigmas: Sequen
     if not isinstance(samples, int) or samples < 2 or samples % 2:
         raise bad_argument("samples", "an even int >= 2 (antithetic pairs)", samples)
     directions = torch.randn((samples // 2, *center.shape), generator=generator).to(center)
-    base = float(_chunked(loss_fn, center[None], 1)[0].double())
+    base = float(chunked_values(loss_fn, center[None], 1)[0].double())
     estimates, errors = [], []
     for sigma in sigmas:
         noise = float(sigma) * directions
         points = torch.cat([center + noise, center - noise])
-        losses = _chunked(loss_fn, points, chunk).double()
+        losses = chunked_values(loss_fn, points, chunk).double()
         pair_means = (losses[: samples // 2] + losses[samples // 2:]) / 2 - base
         estimates.append(float(pair_means.mean()))
         errors.append(float(pair_means.std() / math.sqrt(samples // 2)))
     return np.array(estimates), np.array(errors)
 
 
-__all__ = ["BatchedLoss", "FitResult", "exact_laplacian", "fit_prompts", "hessian_vector_products",
+__all__ = ["BatchedLoss", "FitResult", "chunked_values", "exact_laplacian", "fit_prompts", "hessian_vector_products",
            "hutchinson_laplacian", "margin", "noise_expectation", "object_prompt_iou", "object_prompt_loss",
            "perturbation_iou", "random_directions", "slice_1d", "slice_2d"]

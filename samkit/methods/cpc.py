@@ -40,7 +40,6 @@ from torch import Tensor, nn
 
 from samkit.errors import bad_argument
 from samkit.methods.base import register_method
-from samkit.datasets.confounded_boxes import confounded_box
 from samkit.methods.finetune import Finetune, mask_loss, with_context, zero_output_mlp
 from samkit.models.base import ImageEmbedding, SamAdapter
 from samkit.prompts import random_annotation_box
@@ -57,12 +56,13 @@ class TaskCausalModule(nn.Module):
     def __init__(self, dim: int = 256, hidden: int = 256, context_dim: int = 0):
         super().__init__()
         self.mlp = zero_output_mlp(dim + context_dim, hidden, dim)
-        self.last_weights: Tensor | None = None  # w of the last call, to measure how far CaPL moved
+
+    def weights(self, tokens: Tensor, context: Tensor | None = None) -> Tensor:
+        """w, one weight per token coordinate, in (0, 2)."""
+        return 2 * torch.sigmoid(self.mlp(with_context(tokens, context)))
 
     def forward(self, tokens: Tensor, context: Tensor | None = None) -> Tensor:
-        weights = 2 * torch.sigmoid(self.mlp(with_context(tokens, context)))
-        self.last_weights = weights.detach()
-        return tokens * weights
+        return tokens * self.weights(tokens, context)
 
 
 class EntityCausalModule(nn.Module):
@@ -186,8 +186,7 @@ class CausalPromptCalibration(Finetune):
         masks = sample.instance_masks[sample.instance_masks.any(axis=(1, 2))]
         masks = masks[np.sort(rng.permutation(len(masks))[: self.instances_per_image])]
         if self.prompt_draw == "confounded":  # set i in environment environments[i % len]
-            semantic = self.semantic_of(sample)
-            boxes = [[confounded_box(m, semantic, self.environments[i % len(self.environments)], rng) for m in masks]
+            boxes = [self.confounded_set(sample, masks, self.environments[i % len(self.environments)], rng)
                      for i in range(self.n_sets)]
         else:
             boxes = [[random_annotation_box(m, rng) for m in masks] for _ in range(self.n_sets)]
@@ -199,9 +198,7 @@ class CausalPromptCalibration(Finetune):
                           ) -> tuple[list[Tensor], Tensor | None, list[Tensor]]:
         """Box prompts -> CaPL -> decoder: per-image mask logits, the final token-to-image
         attention (for Eq. 2) and the Xi maps (for the L1 penalty)."""
-        tokens = [self.adapter.prompt_tokens(boxes=b, original_size=size)
-                  for b, size in zip(boxes, embedding.original_sizes)]
-        sparse, dense = torch.cat([t[0] for t in tokens]), torch.cat([t[1] for t in tokens])
+        sparse, dense = self.box_tokens(embedding, boxes)
         if self.task_module is not None and self.use_capl:
             sparse = self.task_module(sparse, self.box_contexts(embedding, boxes))  # Eq. 1's re-weighting
         if self.learned_token is not None and self.use_capl:
@@ -237,9 +234,9 @@ class CausalPromptCalibration(Finetune):
         loss_sam = per_set.mean(0).sum() / len(batch)  # Eq. 3: SAM's segmentation loss
         logs = {"loss_sam": float(loss_sam.detach())}
         if attention is None:  # fixed / learnable / task variants: no entity module
-            if self.schedule == "two_stage" and self.task_module is not None:
-                return (loss_task if self.capl_step else loss_sam), logs
-            return (loss_task if self.task_module is not None else loss_sam), logs
+            # two stages: the task loss while CaPL learns; alternating: one level, the task loss if CaPL exists
+            task = self.capl_step if self.schedule == "two_stage" else self.task_module is not None
+            return (loss_task if task else loss_sam), logs
         # Eq. 2: L_entity = sum_e L_SAM(Xi^e) + lambda_Xi ||Xi^e||_1, one entity per prompt set
         size = embedding.image_embed.shape[-2:]
         small_masks = torch.cat([F.interpolate(m[:, None], size=size, mode="area")[:, 0] for m in masks])
@@ -270,10 +267,18 @@ class CausalPromptCalibration(Finetune):
         """How far CaPL is from the identity on these prompts: the root mean square of w - 1 (the
         task module's weights) and the mean |Xi| (the entity module's calibration); 0 at the start."""
         self.eval()
-        _, _, xis = self.calibrated_logits(self.embed(images), [np.asarray(b, dtype=np.float32) for b in boxes])
-        weights = None if self.task_module is None else self.task_module.last_weights
-        return {"w_rms_from_1": float((weights - 1).square().mean().sqrt()) if weights is not None else 0.0,
-                "xi_abs_mean": float(torch.stack([xi.abs().mean() for xi in xis]).mean()) if xis else 0.0}
+        boxes = [np.asarray(b, dtype=np.float32) for b in boxes]
+        embedding = self.embed(images)
+        sparse, _ = self.box_tokens(embedding, boxes)
+        w_rms = xi = 0.0
+        if self.task_module is not None:
+            weights = self.task_module.weights(sparse, self.box_contexts(embedding, boxes))
+            w_rms, sparse = float((weights - 1).square().mean().sqrt()), sparse * weights
+        if self.entity_module is not None:
+            rows = [i for i, b in enumerate(boxes) for _ in range(len(b))]
+            xis = self.entity_module(sparse, embedding.select(rows).image_embed.to(sparse), self.output_tokens)
+            xi = float(torch.stack([x.abs().mean() for x in xis]).mean())
+        return {"w_rms_from_1": w_rms, "xi_abs_mean": xi}
 
     def describe(self) -> str:
         capl = sum(p.numel() for n, p in self.named_parameters() if n in self.capl_names)

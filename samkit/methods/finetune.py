@@ -148,19 +148,19 @@ class Finetune(Method):
         masks = masks[np.sort(chosen)]
         if self.prompt_draw == "confounded":  # one environment per sample, drawn from `environments`
             environment = self.environments[int(rng.integers(len(self.environments)))]
-            boxes = [confounded_box(m, self.semantic_of(sample), environment, rng) for m in masks]
+            boxes = self.confounded_set(sample, masks, environment, rng)
         else:
             boxes = [jittered_box(m, rng, self.box_jitter) if self.box_jitter else tight_box(m) for m in masks]
         return {"image": sample.image, "masks": masks, "boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4)}
 
     @staticmethod
-    def semantic_of(sample: Any) -> np.ndarray:
-        """A sample's semantic map (the background a confounded box depends on)."""
+    def confounded_set(sample: Any, masks: np.ndarray, environment: int, rng: np.random.Generator) -> list[np.ndarray]:
+        """One confounded box per mask, drawn in `environment` (the sample's semantic map gives the background)."""
         semantic = getattr(sample, "semantic", None)
         if semantic is None:
             raise bad_argument("prompt_draw", "'jitter' for data without a semantic map (confounded boxes read "
                                "the background class: ShapeScenes)", "confounded")
-        return semantic
+        return [confounded_box(m, semantic, environment, rng) for m in masks]
 
     def box_contexts(self, embedding: ImageEmbedding, boxes: list[np.ndarray]) -> torch.Tensor | None:
         """The mean image feature under every box when `box_context`, else None."""
@@ -172,12 +172,15 @@ class Finetune(Method):
             return self.adapter.embed(images, grad=self.training)
         return self.encoder.embed(images)[0]
 
-    def mask_logits(self, embedding: ImageEmbedding, boxes: list[np.ndarray]) -> list[torch.Tensor]:
-        """Box prompts (one (K_i, 4) array per image) -> (K_i, H_i, W_i) mask logits per image."""
+    def box_tokens(self, embedding: ImageEmbedding, boxes: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM's sparse and dense prompt embeddings of every box, all images' boxes stacked in order."""
         tokens = [self.adapter.prompt_tokens(boxes=b, original_size=size)
                   for b, size in zip(boxes, embedding.original_sizes)]
-        sparse = torch.cat([t[0] for t in tokens])
-        dense = torch.cat([t[1] for t in tokens])
+        return torch.cat([t[0] for t in tokens]), torch.cat([t[1] for t in tokens])
+
+    def mask_logits(self, embedding: ImageEmbedding, boxes: list[np.ndarray]) -> list[torch.Tensor]:
+        """Box prompts (one (K_i, 4) array per image) -> (K_i, H_i, W_i) mask logits per image."""
+        sparse, dense = self.box_tokens(embedding, boxes)
         if self.prompt_adapter is not None:
             sparse = self.prompt_adapter(sparse, self.box_contexts(embedding, boxes))
         rows = [i for i, b in enumerate(boxes) for _ in range(len(b))]
