@@ -45,6 +45,11 @@ class Figures:
     def numbers_path(self) -> Path:
         return self.folder / f"{self.stem}.json"
 
+    def clear(self) -> None:
+        """Forget the numbers of earlier runs: a notebook calls this once, before its first `record`,
+        so that no key of an older version of the notebook survives with a stale value."""
+        self.numbers_path.unlink(missing_ok=True)
+
     def record(self, **numbers) -> dict:
         """Merge `numbers` into `<stem>.json` (with the profile that produced them); return all."""
         path = self.numbers_path

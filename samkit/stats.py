@@ -28,4 +28,11 @@ def mean_ci95(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tupl
     return float(array.mean()), float(half)
 
 
-__all__ = ["mean_ci95"]
+def summary(values: Sequence[float] | np.ndarray, digits: int = 4) -> dict[str, float | list[float] | None]:
+    """`mean_ci95` as a JSON-ready record: {"mean", "ci95" (None for one value), "values"}, rounded."""
+    mean, half = mean_ci95(values)
+    return {"mean": round(mean, digits), "ci95": None if np.isnan(half) else round(half, digits),
+            "values": [round(float(v), digits) for v in np.asarray(values, dtype=np.float64).ravel()]}
+
+
+__all__ = ["mean_ci95", "summary"]

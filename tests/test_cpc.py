@@ -235,3 +235,36 @@ def test_erm_adapter_is_the_task_modules_size_and_trains_on_confounded_boxes():
     loss.backward()
     assert {n for n, p in erm.named_parameters() if p.grad is not None} == \
         {n for n, p in erm.named_parameters() if n.startswith("prompt_adapter.")}  # SAM frozen
+
+
+def test_instance_dice_takes_any_boxes_and_evaluate_splits_by_class():
+    from samkit.analysis.prompt_bias import expert_boxes, instance_classes
+    from samkit.methods.finetune import Finetune
+
+    torch.manual_seed(0)
+    method = Finetune(train={**SCENES, "split": "train", "classes": "base", "n": 4},
+                      eval_base={**SCENES, "split": "val", "classes": "base", "n": 3}, trainable="prompt_adapter",
+                      per_class=True, eval_batch=2)
+    data = method.eval_data["base"]
+    scenes = [data[i] for i in range(len(data))]
+    tight, classes = method.instance_dice(data)
+    assert np.array_equal(classes, instance_classes(scenes)) and len(tight) == len(classes)
+    same, _ = method.instance_dice(data, expert_boxes(scenes))  # expert boxes are the tight boxes
+    assert np.allclose(same, tight)
+    # a box far from every object: Dice falls for every instance whose tight box did any good
+    away = [np.tile(np.array([0.0, 0.0, 1.0, 1.0], dtype=np.float32), (len(b), 1)) for b in expert_boxes(scenes)]
+    assert method.instance_dice(data, away)[0].mean() < tight.mean()
+    metrics = method.evaluate()
+    per_class = {k: v for k, v in metrics.items() if k.startswith("dice_base_")}
+    assert set(per_class) == {f"dice_base_{c}" for c in set(classes)}
+    assert np.isclose(metrics["dice_base"], tight.mean())
+    with pytest.raises(ValueError, match="boxes"):
+        method.instance_dice(data, away[:1])
+
+
+def test_box_ious_compare_each_box_with_its_reference():
+    from samkit.analysis.prompt_bias import box_ious
+
+    reference = [np.array([[0, 0, 9, 9], [10, 10, 19, 19]], dtype=np.float32)]
+    halved = [np.array([[0, 0, 4, 9], [10, 10, 19, 19]], dtype=np.float32)]
+    assert np.allclose(box_ious(halved, reference, (32, 32)), [0.5, 1.0])

@@ -34,3 +34,18 @@ def test_runs_folder_is_temporary_in_smoke_only():
     assert str(runs_folder("class")) == "runs"
     with pytest.raises(ValueError, match="^profile: expected"):
         runs_folder("tiny")
+
+
+def test_figures_merge_numbers_and_clear_forgets_older_runs(tmp_path):
+    import json
+
+    from samkit.figures import Figures
+
+    (tmp_path / "notebooks").mkdir()  # a project root: notebooks/ beside figures/
+    (tmp_path / "figures").mkdir()
+    figures = Figures("99_test", "class", root=tmp_path)
+    figures.record(old_key=1)
+    assert figures.record(new_key=2) == {"old_key": 1, "new_key": 2, "profile": "class"}  # merged
+    figures.clear()
+    figures.record(new_key=3)
+    assert json.loads(figures.numbers_path.read_text()) == {"new_key": 3, "profile": "class"}

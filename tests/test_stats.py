@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from samkit.stats import mean_ci95
+from samkit.stats import mean_ci95, summary
 
 
 def test_interval_is_students_t_and_one_value_has_none():
@@ -27,3 +27,9 @@ def test_bad_values_name_the_argument():
         mean_ci95([1.0, float("nan")])
     with pytest.raises(ValueError, match="level"):
         mean_ci95([1.0, 2.0], level=95)
+
+
+def test_summary_is_the_interval_as_a_json_record():
+    record = summary([1.0, 2.0, 3.0], digits=3)
+    assert record == {"mean": 2.0, "ci95": round(4.302653 / math.sqrt(3), 3), "values": [1.0, 2.0, 3.0]}
+    assert summary([0.25])["ci95"] is None  # one seed: no interval, and JSON-safe (not nan)

@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from samkit.methods.box_generator import BoxGenerator
-from samkit.metrics import dice
+from samkit.methods.box_generator import BoxGenerator, box_mask
+from samkit.metrics import dice, iou
 from samkit.predictor import Predictor
 from samkit.prompts import center_point, jittered_box, tight_box
 
@@ -40,6 +40,18 @@ def method_segmenter(method) -> Segmenter:
 def instances(scene) -> np.ndarray:
     """The non-empty instance masks of a scene."""
     return scene.instance_masks[scene.instance_masks.any(axis=(1, 2))]
+
+
+def instance_classes(scenes: Sequence) -> np.ndarray:
+    """The class name of every non-empty instance of `scenes`, in `dice_per_instance`'s order."""
+    return np.array([name for s in scenes for name, m in zip(s.class_names, s.instance_masks) if m.any()], dtype=str)
+
+
+def box_ious(boxes: Sequence[np.ndarray], reference: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """IoU of every box with its reference box (e.g. the expert's), both as `shape`-sized masks."""
+    return np.array([iou(box_mask(b, shape), box_mask(r, shape))
+                     for scene_boxes, scene_reference in zip(boxes, reference)
+                     for b, r in zip(scene_boxes, scene_reference)], dtype=np.float64)
 
 
 def expert_boxes(scenes: Sequence) -> list[np.ndarray]:

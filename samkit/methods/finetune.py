@@ -99,7 +99,8 @@ class Finetune(Method):
     train / eval_base / eval_novel: dataset specs (see `samkit.datasets.specs`); eval_novel may
     be None for data sets without a novel split. instances_per_image: instances drawn per
     training image per step. box_jitter: training boxes are jittered by this fraction of their
-    size (0 = tight boxes). Evaluation always uses tight boxes, every instance.
+    size (0 = tight boxes). Evaluation always uses tight boxes, every instance; `per_class` adds
+    each class's mean Dice to `evaluate` (e.g. `dice_novel_shell`).
     """
 
     def __init__(self, train: dict[str, Any], eval_base: dict[str, Any], eval_novel: dict[str, Any] | None = None,
@@ -107,7 +108,7 @@ class Finetune(Method):
                  lora_rank: int = 4, lora_parts: Sequence[str] = ("mask_decoder",), unfreeze: Sequence[str] = (),
                  instances_per_image: int = 4, box_jitter: float = 0.0, eval_batch: int = 8,
                  prompt_draw: str = "jitter", environments: Sequence[int] = (0, 1), box_context: bool = False,
-                 device: torch.device | str = "cpu"):
+                 per_class: bool = False, device: torch.device | str = "cpu"):
         super().__init__()
         if trainable not in TRAINABLE:
             raise bad_argument("trainable", f"one of {TRAINABLE}", trainable)
@@ -136,6 +137,7 @@ class Finetune(Method):
         if eval_novel is not None:
             self.eval_data["novel"] = build_dataset(eval_novel, "eval_novel")
         self.instances_per_image, self.box_jitter, self.eval_batch = instances_per_image, box_jitter, eval_batch
+        self.per_class = bool(per_class)
 
     def __len__(self) -> int:
         return len(self.train_data)
@@ -214,23 +216,43 @@ class Finetune(Method):
 
     # ---- evaluation --------------------------------------------------------------------
     @torch.no_grad()
-    def dice_on(self, data) -> float:
-        """Mean Dice over every instance of `data`, each prompted with its tight box."""
-        scores = []
+    def instance_dice(self, data, boxes: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Dice and class name of every non-empty instance of `data`, each prompted with its tight
+        box, or with its row of `boxes` (one (K_i, 4) array per sample, K_i its non-empty instances)."""
+        if boxes is not None and len(boxes) != len(data):
+            raise bad_argument("boxes", f"one box array per sample ({len(data)})", f"{len(boxes)} arrays")
+        scores, classes = [], []
         for start in range(0, len(data), self.eval_batch):
-            samples = [data[i] for i in range(start, min(len(data), start + self.eval_batch))]
-            samples = [s for s in samples if s.instance_masks.any()]
-            if not samples:
+            drawn = [(i, data[i]) for i in range(start, min(len(data), start + self.eval_batch))]
+            drawn = [(i, s) for i, s in drawn if s.instance_masks.any()]
+            if not drawn:
                 continue
-            masks = [s.instance_masks[s.instance_masks.any(axis=(1, 2))] for s in samples]
+            indices, samples = zip(*drawn)
+            present = [s.instance_masks.any(axis=(1, 2)) for s in samples]
+            masks = [s.instance_masks[p] for s, p in zip(samples, present)]
+            prompts = ([np.stack([tight_box(m) for m in ms]) for ms in masks] if boxes is None
+                       else [np.asarray(boxes[i], dtype=np.float32).reshape(-1, 4) for i in indices])
             embedding = self.embed([s.image for s in samples])
-            logits = self.mask_logits(embedding, [np.stack([tight_box(m) for m in ms]) for ms in masks])
+            logits = self.mask_logits(embedding, prompts)
             for predicted, truth in zip(logits, masks):
                 scores.extend(np.atleast_1d(dice((predicted > self.adapter.mask_threshold).cpu().numpy(), truth)))
-        return float(np.mean(scores)) if scores else float("nan")  # nan: no instance of these classes
+            classes.extend(name for s, p in zip(samples, present) for name in np.asarray(s.class_names)[p])
+        return np.asarray(scores, dtype=np.float64), np.asarray(classes, dtype=str)
+
+    def dice_on(self, data) -> float:
+        """Mean Dice over every instance of `data`, each prompted with its tight box."""
+        scores, _ = self.instance_dice(data)
+        return float(scores.mean()) if len(scores) else float("nan")  # nan: no instance of these classes
 
     def evaluate(self) -> dict[str, float]:
-        return {f"dice_{name}": self.dice_on(data) for name, data in self.eval_data.items()}
+        metrics = {}
+        for name, data in self.eval_data.items():
+            scores, classes = self.instance_dice(data)
+            metrics[f"dice_{name}"] = float(scores.mean()) if len(scores) else float("nan")
+            if self.per_class:
+                metrics.update({f"dice_{name}_{c}": float(scores[classes == c].mean())
+                                for c in np.unique(classes)})
+        return metrics
 
     def describe(self) -> str:
         return f"finetune {self.adapter.name}: " + super().describe()
