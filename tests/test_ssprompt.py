@@ -233,3 +233,49 @@ def test_semantic_folder_reads_cityscapes_and_ade20k_layouts(tmp_path):
     assert reader.class_names_of(0) == frozenset({"wall", "building"})
     with pytest.raises(ValueError, match="layout"):
         SemanticFolder(ade, layout="kitti")
+
+
+def test_learned_scale_multiplies_the_learned_embeddings_step_under_adam():
+    default = torch.randn(3, 256)
+    moved = {}
+    for scale in (1.0, 2.0):
+        fusion = PromptFusion(default, "average", embedding_init="default", learned_scale=scale)
+        assert torch.allclose(fusion(default), default)  # the same start whatever the scale
+        optimizer = torch.optim.Adam(fusion.parameters(), lr=1e-2)
+        fusion(default).sum().backward()
+        optimizer.step()
+        moved[scale] = (fusion.learned_embeddings() - default).abs().mean().item()
+    assert moved[2.0] == pytest.approx(2 * moved[1.0], rel=1e-4)
+    with pytest.raises(ValueError, match="learned_scale"):
+        PromptFusion(default, "average", learned_scale=0)
+
+
+def test_low_rank_clicks_train_two_numbers_per_click_off_the_manifold():
+    method = build("spaprompt_lowrank")
+    trainable = {name: p.shape for name, p in method.named_parameters() if p.requires_grad}
+    assert trainable == {"lowrank.offsets": (4, 2)}  # like VSPL: 2 numbers per click
+    planes = method.lowrank.planes
+    gram = planes @ planes.transpose(1, 2) / planes[0, 0].norm() ** 2
+    assert torch.allclose(gram, torch.eye(2).expand(4, 2, 2), atol=1e-5)  # two orthogonal directions per click
+    size = method.images.embed(method.train_data.item(method.train_indices[0])[0])[0].input_sizes[0]
+    assert torch.equal(method.spatial_prompts(size), method.default_clicks(size))  # starts at the defaults
+    with torch.no_grad():
+        method.lowrank.offsets.fill_(1.0)
+    assert not torch.equal(method.spatial_prompts(size)[:4], method.default_clicks(size)[:4])
+
+
+def test_class_balanced_weights_are_inverse_pixel_frequency():
+    torch.manual_seed(0)
+    scenes = {"kind": "shapescenes", "classes": "all", "seed": 2, "size": 64}
+    balanced = SSPrompt(train={**scenes, "split": "train", "n": 6}, test={**scenes, "split": "val", "n": 2},
+                        variant="semprompt", shots=1, spatial_points=4, checkpoint="random",
+                        text_prompts=TINY_TEXT_FIT, class_balanced=True)
+    counts = np.zeros(15)
+    for index in balanced.train_indices:
+        labels = balanced.train_data.item(index)[1]
+        counts += np.bincount(labels[labels >= 0], minlength=15)
+    weights = balanced.class_weights.numpy()
+    seen = counts > 0
+    assert np.allclose(weights[seen] * counts[seen], (weights[seen] * counts[seen])[0], rtol=1e-4)
+    assert weights[seen].mean() == pytest.approx(1.0) and (weights[~seen] == 0).all()
+    assert build("semprompt").class_weights is None

@@ -3,7 +3,7 @@ seen as (image, label map) pairs over its class names (what semantic segmentatio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,7 @@ from PIL import Image
 
 from samkit.datasets.readers import BACKGROUND, Reader, make_sample, read_image, read_rgb
 from samkit.errors import bad_argument
+from samkit.metrics import class_iou, confusion_matrix
 
 CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                       "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
@@ -108,3 +109,24 @@ class SemanticData:
         image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
         labels = np.asarray(Image.fromarray(labels.astype(np.int32)).resize(size, Image.Resampling.NEAREST))
         return image, labels.astype(np.int64)
+
+
+UNLABELLED = -1  # the label of pixels that count for nothing
+
+
+def semantic_scores(predict: Callable[[list[np.ndarray]], list[np.ndarray]], data: SemanticData,
+                    batch: int = 4) -> tuple[dict[str, float], dict[str, float]]:
+    """mIoU of `predict` (images -> (H, W) class maps) over `data`: one confusion matrix over all
+    its pixels, at the data's `short_side` resolution when one is set; also over the foreground
+    (entity) and background (stuff) classes. Returns (metrics, per-class IoU)."""
+    classes = len(data.class_names)
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    for start in range(0, len(data), batch):
+        items = [data.item(i) for i in range(start, min(len(data), start + batch))]
+        for predicted, (_, labels) in zip(predict([image for image, _ in items]), items):
+            confusion += confusion_matrix(predicted, labels, classes, ignore_index=UNLABELLED)
+    iou = class_iou(confusion)
+    stuff = np.array([name in data.stuff_classes for name in data.class_names])
+    nan_mean = lambda values: float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")  # noqa: E731
+    metrics = {"miou": nan_mean(iou), "miou_foreground": nan_mean(iou[~stuff]), "miou_background": nan_mean(iou[stuff])}
+    return metrics, {name: float(value) for name, value in zip(data.class_names, iou)}

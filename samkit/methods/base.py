@@ -91,6 +91,7 @@ KIT_METHODS = {
     "ssprompt": "samkit.methods.ssprompt",
     "openworld": "samkit.methods.openworld",
     "tinysam_pretrain": "samkit.methods.tinysam_pretrain",
+    "text_tinysam": "samkit.methods.text_tinysam_pretrain",
 }
 
 

@@ -18,7 +18,13 @@ What trains (everything else is frozen), as `variant`:
 - "ssprompt" (Eq. 8-9): both; "average": both embeddings with w fixed at 0.5 (Table 5's
   "learnable embedding, averaged with the default"); "spatial_average", "semantic_average":
   one kind only; "default": nothing (zero-shot, Eq. 2);
-- "vspl" (Table 8): the N clicks' (x, y) positions themselves, through the frozen prompt encoder.
+- "vspl" (Table 8): the N clicks' (x, y) positions themselves, through the frozen prompt encoder;
+- "spaprompt_lowrank" (Table 8's control): 2 free numbers per click too, but each click token moves
+  in a random 2-D plane of its own instead of along the positional encoding's manifold.
+
+`class_balanced` weighs Eq. 9's pixels by inverse class frequency; `learned_scale` multiplies the
+steps of the learnable embeddings (2 undoes the halving of their gradient under averaging).
+With `model="text_tinysam"` the default semantic prompts are that model's own name tokens.
 
 Two readings the paper leaves open, taken here:
 - learnable embeddings start as copies of the defaults, so every variant starts from the default
@@ -32,7 +38,6 @@ Two readings the paper leaves open, taken here:
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -46,7 +51,7 @@ from tqdm.auto import tqdm
 from samkit.cache import CachedEncoder
 from samkit.checkpoints import CheckpointError
 from samkit.datasets.fewshot import few_shot_indices
-from samkit.datasets.semantic import SemanticData
+from samkit.datasets.semantic import UNLABELLED, SemanticData, semantic_scores
 from samkit.datasets.specs import semantic_data
 from samkit.errors import bad_argument
 from samkit.methods.base import Method, register_method
@@ -54,9 +59,10 @@ from samkit.metrics import class_iou
 from samkit.metrics import confusion_matrix as _labelled_confusion_matrix
 from samkit.models.base import ImageEmbedding, SamAdapter, Size
 from samkit.models.registry import load_model
-from samkit.models.text_prompts import TextPromptEncoder, text_prompt_cache_path
+from samkit.models.text_prompts import (TextPromptEncoder, class_maps, class_mask_logits, click_tokens,
+                                       point_grid, text_prompt_cache_path)
 
-IGNORE = -1  # label of pixels that count for nothing (unlabelled, padding)
+IGNORE = UNLABELLED  # label of pixels that count for nothing (unlabelled, padding)
 FUSIONS = ("fixed", "average", "weighted")
 VARIANTS: dict[str, tuple[str, str]] = {  # variant -> (how the clicks are made, how the class tokens are)
     "default": ("fixed", "fixed"),  # Eq. 2
@@ -67,6 +73,7 @@ VARIANTS: dict[str, tuple[str, str]] = {  # variant -> (how the clicks are made,
     "average": ("average", "average"),
     "ssprompt": ("weighted", "weighted"),  # Eq. 8-9
     "vspl": ("coordinates", "fixed"),  # Table 8
+    "spaprompt_lowrank": ("lowrank", "fixed"),  # Table 8's control: 2 free numbers per click, off the 2-D manifold
 }
 EMBEDDING_INITS = ("default", "random")
 # How the text prompt projection is fitted when a config does not say (the class profile's recipe).
@@ -89,9 +96,14 @@ def fuse(default: torch.Tensor, learned: torch.Tensor, weights: torch.Tensor) ->
 
 class PromptFusion(nn.Module):
     """K prompt embeddings: the defaults as they are ("fixed"), or fused with K learnable
-    embeddings by Eq. 4/6 with w fixed at 0.5 ("average") or w = sigmoid(a) learned ("weighted")."""
+    embeddings by Eq. 4/6 with w fixed at 0.5 ("average") or w = sigmoid(a) learned ("weighted").
 
-    def __init__(self, init: torch.Tensor, mode: str = "weighted", embedding_init: str = "default"):
+    learned_scale: the learnable embedding is stored divided by this and used multiplied by it, so
+    under Adam its steps are this many times larger: 2 undoes the halving that averaging (w = 0.5)
+    applies to the learned embedding's gradient (a control for "weights vs averaging")."""
+
+    def __init__(self, init: torch.Tensor, mode: str = "weighted", embedding_init: str = "default",
+                 learned_scale: float = 1.0):
         super().__init__()
         if mode not in FUSIONS:
             raise bad_argument("mode", f"one of {FUSIONS}", mode)
@@ -99,13 +111,15 @@ class PromptFusion(nn.Module):
             raise bad_argument("embedding_init", f"one of {EMBEDDING_INITS}", embedding_init)
         if not torch.is_tensor(init) or init.ndim != 2:
             raise bad_argument("init", "default embeddings of shape (K, D)", init)
-        self.mode = mode
+        if not learned_scale > 0:
+            raise bad_argument("learned_scale", "a positive number", learned_scale)
+        self.mode, self.learned_scale = mode, float(learned_scale)
         self.learned: nn.Parameter | None = None
         if mode == "fixed":
             self.weight_logits = None
             return
         start = init.detach().clone() if embedding_init == "default" else torch.randn_like(init) * init.std()
-        self.learned = nn.Parameter(start)  # z_hat
+        self.learned = nn.Parameter(start / self.learned_scale)  # z_hat / learned_scale
         logits = torch.zeros(init.shape[0], device=init.device)  # a = 0: w = 0.5
         if mode == "weighted":
             self.weight_logits = nn.Parameter(logits)
@@ -116,35 +130,17 @@ class PromptFusion(nn.Module):
         """w in [0, 1], one per embedding (None for "fixed")."""
         return None if self.weight_logits is None else torch.sigmoid(self.weight_logits)
 
+    def learned_embeddings(self) -> torch.Tensor | None:
+        """z_hat, the K learnable embeddings (None for "fixed")."""
+        return None if self.learned is None else self.learned * self.learned_scale
+
     def forward(self, default: torch.Tensor) -> torch.Tensor:
         if self.learned is None:
             return default
-        return fuse(default, self.learned, self.weights())
+        return fuse(default, self.learned_embeddings(), self.weights())
 
 
 # ---- spatial prompts: clicks through SAM's frozen prompt encoder --------------------------
-def point_grid(n: int) -> np.ndarray:
-    """(n, 2) click positions (x, y) as fractions of the image: a sqrt(n) x sqrt(n) grid of cell centres."""
-    side = math.isqrt(n) if isinstance(n, int) and n > 0 else 0
-    if side * side != n:
-        raise bad_argument("spatial_points", "a square number (a grid of points, e.g. 100)", n)
-    centres = (np.arange(side) + 0.5) / side
-    xs, ys = np.meshgrid(centres, centres)
-    return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
-
-
-def click_tokens(adapter: SamAdapter, fractions: torch.Tensor, input_size: Size) -> torch.Tensor:
-    """Z^S = Encoder^S(X^S): positive clicks at `fractions` (N, 2) of an image that fills `input_size`
-    of SAM's input frame, through SAM's prompt encoder -> (N + extra, D); SAM appends a padding
-    token when no box is given. Differentiable in `fractions` (VSPL optimises them): the clicks are
-    placed in the input frame directly, since mapping original pixels there goes through numpy."""
-    height, width = input_size
-    scale = torch.tensor([width, height], dtype=torch.float32, device=fractions.device)
-    labels = torch.ones(fractions.shape[0], dtype=torch.int64)
-    sparse, _ = adapter.prompt_tokens(points=fractions * scale, labels=labels)
-    return sparse[0]
-
-
 class LearnedClicks(nn.Module):
     """VSPL: the clicks' positions are the parameters; fractions = sigmoid(logits) stay inside the image."""
 
@@ -156,30 +152,32 @@ class LearnedClicks(nn.Module):
         return torch.sigmoid(self.logits)
 
 
+class LowRankClicks(nn.Module):
+    """Table 8's control for VSPL: each click token moves in a fixed random 2-D plane of its own,
+    z_n + B_n c_n, with c_n (2 numbers, like VSPL's x and y) learned from 0. The plane is not the
+    positional encoding's 2-D manifold, so this tells "two free numbers per click" from "moving
+    along the manifold"."""
+
+    def __init__(self, tokens: torch.Tensor, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        planes = torch.linalg.qr(torch.randn(tokens.shape[0], tokens.shape[1], 2, generator=generator)).Q
+        scale = tokens.detach().norm(dim=1).mean()  # c = 1 moves a token by about its own norm
+        self.register_buffer("planes", (planes * scale).transpose(1, 2).to(tokens))  # (N, 2, D)
+        self.offsets = nn.Parameter(torch.zeros(tokens.shape[0], 2, device=tokens.device))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens + torch.einsum("nk,nkd->nd", self.offsets, self.planes)
+
+
 # ---- the semantic head and Eq. 9 -------------------------------------------------------------
-def class_mask_logits(adapter: SamAdapter, embedding: ImageEmbedding, semantic: torch.Tensor,
-                      spatial: torch.Tensor) -> torch.Tensor:
-    """Every class's mask logits on every image, from ONE decoder call: (B, C, h, w) low-res logits.
-
-    semantic: (C, D) class tokens; spatial: (B, S, D) each image's spatial tokens. Class c's prompt
-    set on image b is [semantic[c], spatial[b]] (Eq. 8); its single-mask output is class c's map.
-    """
-    batch, classes = len(embedding), semantic.shape[0]
-    if spatial.ndim != 3 or spatial.shape[0] != batch or spatial.shape[-1] != semantic.shape[-1]:
-        raise bad_argument("spatial", f"spatial tokens of shape ({batch}, S, {semantic.shape[-1]})", spatial)
-    tokens = torch.cat([semantic[None, :, None, :].expand(batch, -1, -1, -1),
-                        spatial[:, None].expand(-1, classes, -1, -1)], dim=2)
-    rows = [b for b in range(batch) for _ in range(classes)]
-    images = embedding if batch == 1 else embedding.select(rows)  # one image broadcasts to its C sets
-    low_res, _ = adapter.decode(images, tokens.flatten(0, 1), multimask=False)
-    return low_res.view(batch, classes, *low_res.shape[-2:])
-
-
-def semantic_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Eq. 9 with L_seg = pixel-wise cross-entropy over classes: (B, C, h, w) logits, (B, h, w) labels."""
+def semantic_loss(logits: torch.Tensor, labels: torch.Tensor,
+                  class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 9 with L_seg = pixel-wise cross-entropy over classes: (B, C, h, w) logits, (B, h, w) labels;
+    `class_weights` (C,) weigh each class's pixels (class-balanced training)."""
     if not (labels != IGNORE).any():  # nothing labelled: a zero that still reaches every weight
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+    return F.cross_entropy(logits, labels, weight=class_weights, ignore_index=IGNORE)
 
 
 def labels_on_grid(labels: np.ndarray, input_size: Size, image_size: int, grid: Size) -> torch.Tensor:
@@ -283,7 +281,8 @@ class SSPrompt(Method):
                  checkpoint: str | None = None, text_prompts: dict[str, Any] | None = None,
                  embedding_init: str = "default", short_side: int | None = None, flip: bool = True,
                  stuff_classes: Sequence[str] | None = None, selection_seed: int = 0, eval_batch: int = 4,
-                 progress: bool = False, device: torch.device | str = "cpu"):
+                 class_balanced: bool = False, learned_scale: float = 1.0, progress: bool = False,
+                 device: torch.device | str = "cpu"):
         super().__init__()
         if variant not in VARIANTS:
             raise bad_argument("variant", f"one of {sorted(VARIANTS)}", variant)
@@ -308,14 +307,25 @@ class SSPrompt(Method):
         self._clicks: dict[Size, torch.Tensor] = {}  # image size -> default click tokens (Eq. 2)
 
         spatial_mode, semantic_mode = VARIANTS[variant]
-        semantic_default = default_semantic_prompts(self.adapter, self.class_names, self.grid, text_prompts, progress)
+        own_text = getattr(self.adapter, "text_prompts", None)  # a model that segments by name (text_tinysam)
+        if own_text is not None and getattr(self.adapter, "spatial_points", spatial_points) != spatial_points:
+            raise bad_argument("spatial_points", f"{self.adapter.spatial_points}, the clicks {model} was trained with",
+                               spatial_points)
+        if own_text is not None:
+            with torch.no_grad():
+                semantic_default = own_text(list(self.class_names)).detach()
+        else:
+            semantic_default = default_semantic_prompts(self.adapter, self.class_names, self.grid, text_prompts,
+                                                        progress)
         self.register_buffer("semantic_default", semantic_default)  # z^T, frozen
-        self.semantic = PromptFusion(semantic_default, semantic_mode, embedding_init)  # Eq. 6
+        self.semantic = PromptFusion(semantic_default, semantic_mode, embedding_init, learned_scale)  # Eq. 6
         first_image = self.train_data.item(self.train_indices[0])[0]
         clicks = self.default_clicks(self.images.embed(first_image)[0].input_sizes[0])[:spatial_points]
-        self.spatial = PromptFusion(clicks, spatial_mode if spatial_mode != "coordinates" else "fixed",
-                                    embedding_init)  # Eq. 4
+        self.spatial = PromptFusion(clicks, spatial_mode if spatial_mode not in ("coordinates", "lowrank") else "fixed",
+                                    embedding_init, learned_scale)  # Eq. 4
         self.clicks = LearnedClicks(self.grid) if spatial_mode == "coordinates" else None  # VSPL
+        self.lowrank = LowRankClicks(clicks) if spatial_mode == "lowrank" else None  # Table 8's control
+        self.register_buffer("class_weights", self.balanced_weights() if class_balanced else None)
         self.last_class_iou: dict[str, float] = {}
 
     def __len__(self) -> int:
@@ -335,7 +345,8 @@ class SSPrompt(Method):
         if self.clicks is not None:  # VSPL: through the frozen prompt encoder, gradient to (x, y)
             return click_tokens(self.adapter, self.clicks.fractions(), size)
         tokens = self.default_clicks(size)
-        return torch.cat([self.spatial(tokens[:n]), tokens[n:]])  # the padding token stays as SAM makes it
+        clicks = self.lowrank(tokens[:n]) if self.lowrank is not None else self.spatial(tokens[:n])
+        return torch.cat([clicks, tokens[n:]])  # the padding token stays as SAM makes it
 
     def class_logits(self, embedding: ImageEmbedding) -> torch.Tensor:
         """(B, C, h, w) low-res logits of every class (Eq. 8)."""
@@ -361,6 +372,17 @@ class SSPrompt(Method):
             return self.grid.copy()
         return self.clicks.fractions().detach().cpu().numpy()
 
+    def balanced_weights(self) -> torch.Tensor:
+        """(C,) class weights for a class-balanced loss: inverse pixel frequency over the training
+        images, normalised to mean 1 over the classes they contain (absent classes weigh 0)."""
+        counts = np.zeros(len(self.class_names))
+        for index in self.train_indices:
+            labels = self.train_data.item(index)[1]
+            counts += np.bincount(labels[labels >= 0], minlength=len(self.class_names))
+        weights = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+        weights *= (counts > 0).sum() / weights.sum()
+        return torch.as_tensor(weights, dtype=torch.float32, device=self.adapter.device)
+
     # ---- training ------------------------------------------------------------------------------
     def train_sample(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         image, labels = self.train_data.item(self.train_indices[index])
@@ -374,7 +396,7 @@ class SSPrompt(Method):
         grid = tuple(logits.shape[-2:])
         labels = torch.stack([labels_on_grid(sample["labels"], size, self.adapter.image_size, grid)
                               for sample, size in zip(batch, embedding.input_sizes)]).to(logits.device)
-        loss = semantic_loss(logits, labels)  # Eq. 9
+        loss = semantic_loss(logits, labels, self.class_weights)  # Eq. 9
         labelled = labels != IGNORE
         accuracy = (logits.argmax(1) == labels)[labelled].float().mean() if labelled.any() else logits.new_zeros(())
         return loss, {"pixel_accuracy": float(accuracy)}
@@ -385,26 +407,13 @@ class SSPrompt(Method):
         """(H, W) int64 class predictions, one per image: the argmax over classes at full size."""
         embedding, _ = self.images.embed(list(images))
         logits = self.class_logits(embedding)
-        return [self.adapter.postprocess_masks(logits[b:b + 1], embedding.input_sizes[b],
-                                               embedding.original_sizes[b])[0].argmax(0).cpu().numpy()
-                for b in range(len(images))]
+        return class_maps(self.adapter, embedding, logits)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """mIoU over the test set (one confusion matrix over all its pixels, at the `short_side`
-        resolution when one is set), and over the foreground (entity) and background (stuff)
-        classes; per-class IoU in `last_class_iou`."""
-        classes = len(self.class_names)
-        confusion = np.zeros((classes, classes), dtype=np.int64)
-        for start in range(0, len(self.test_data), self.eval_batch):
-            items = [self.test_data.item(i) for i in range(start, min(len(self.test_data), start + self.eval_batch))]
-            for predicted, (_, labels) in zip(self.predict([image for image, _ in items]), items):
-                confusion += confusion_matrix(predicted, labels, classes)
-        iou = class_iou(confusion)
-        self.last_class_iou = {name: float(value) for name, value in zip(self.class_names, iou)}
-        stuff = np.array([name in self.stuff_classes for name in self.class_names])
-        nan_mean = lambda values: float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")  # noqa: E731
-        return {"miou": nan_mean(iou), "miou_foreground": nan_mean(iou[~stuff]), "miou_background": nan_mean(iou[stuff])}
+        """mIoU over the test set (see `semantic_scores`); per-class IoU in `last_class_iou`."""
+        metrics, self.last_class_iou = semantic_scores(self.predict, self.test_data, self.eval_batch)
+        return metrics
 
     def describe(self) -> str:
         return (f"ssprompt ({self.variant}) on {self.adapter.name}, {len(self)} training images, "
@@ -412,5 +421,6 @@ class SSPrompt(Method):
 
 
 __all__ = ["FUSIONS", "IGNORE", "SSPrompt", "TEXT_PROMPT_RECIPE", "VARIANTS", "PromptFusion", "LearnedClicks",
+           "LowRankClicks",
            "class_iou", "class_mask_logits", "click_tokens", "confusion_matrix", "default_semantic_prompts",
-           "fit_text_prompts", "fuse", "labels_on_grid", "point_grid", "semantic_loss"]
+           "fit_text_prompts", "fuse", "labels_on_grid", "point_grid", "semantic_loss", "semantic_scores"]

@@ -14,7 +14,7 @@ from samkit.models.base import SamAdapter
 
 SAM1_BUILDERS = {"sam_vit_b": "build_sam_vit_b", "sam_vit_l": "build_sam_vit_l", "sam_vit_h": "build_sam_vit_h"}
 SAM2_NAMES = ("sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l")
-KNOWN_MODELS = ("tinysam", *SAM1_BUILDERS, *SAM2_NAMES, "hf:<repo id or folder>")
+KNOWN_MODELS = ("tinysam", "text_tinysam", "text_tinysam_swap", *SAM1_BUILDERS, *SAM2_NAMES, "hf:<repo id or folder>")
 
 RANDOM = "random"  # checkpoint=RANDOM: the architecture with random weights (timing, tests)
 
@@ -23,7 +23,9 @@ def load_model(name: str = "tinysam", checkpoint: str | os.PathLike | None = Non
                device: str | torch.device = "auto") -> SamAdapter:
     """Build model `name` and load its weights; return it behind the samkit seam.
 
-    name: "tinysam" (shipped with samkit), "sam_vit_b|l|h" (segment_anything),
+    name: "tinysam" (shipped with samkit), "text_tinysam" / "text_tinysam_swap" (TinySAM that
+      segments by class name, `samkit.models.text_tinysam`; the adapter's `text_prompts` turns
+      names into its prompt tokens), "sam_vit_b|l|h" (segment_anything),
       "sam2.1_hiera_t|s|b+|l" (sam2) or "hf:<repo id or local folder>" (transformers).
     checkpoint: a local file; None = the official weights (downloaded once into the cache,
       sha256-checked); "random" = random weights.
@@ -36,6 +38,10 @@ def load_model(name: str = "tinysam", checkpoint: str | os.PathLike | None = Non
         from samkit.models import tinysam
 
         return tinysam.load(checkpoint, target)
+    if name in ("text_tinysam", "text_tinysam_swap"):
+        from samkit.models import text_tinysam
+
+        return text_tinysam.load(name, checkpoint, target).adapter
     if name.startswith("hf:"):
         return _load_transformers(name, checkpoint, target)
     if name not in OFFICIAL_CHECKPOINTS:

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -42,6 +44,7 @@ from torch import nn
 from samkit.atomic import atomic_path
 from samkit.checkpoints import CheckpointError, cache_dir
 from samkit.errors import bad_argument
+from samkit.models.base import ImageEmbedding, SamAdapter, Size
 from samkit.models.text import TextEncoder
 
 
@@ -95,4 +98,54 @@ def text_prompt_cache_path(recipe: dict[str, Any], root: str | os.PathLike | Non
     return Path(root or cache_dir() / "text_prompts") / f"{digest}.safetensors"
 
 
-__all__ = ["TextPromptEncoder", "text_prompt_cache_path"]
+# ---- prompting SAM with a class token and a grid of clicks (SSPrompt's Eq. 2 / 8) ----------
+def point_grid(n: int) -> np.ndarray:
+    """(n, 2) click positions (x, y) as fractions of the image: a sqrt(n) x sqrt(n) grid of cell centres."""
+    side = math.isqrt(n) if isinstance(n, int) and n > 0 else 0
+    if side * side != n:
+        raise bad_argument("spatial_points", "a square number (a grid of points, e.g. 100)", n)
+    centres = (np.arange(side) + 0.5) / side
+    xs, ys = np.meshgrid(centres, centres)
+    return np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)
+
+
+def click_tokens(adapter: SamAdapter, fractions: torch.Tensor, input_size: Size) -> torch.Tensor:
+    """Z^S = Encoder^S(X^S): positive clicks at `fractions` (N, 2) of an image that fills `input_size`
+    of SAM's input frame, through SAM's prompt encoder -> (N + extra, D); SAM appends a padding
+    token when no box is given. Differentiable in `fractions` (VSPL optimises them): the clicks are
+    placed in the input frame directly, since mapping original pixels there goes through numpy."""
+    height, width = input_size
+    scale = torch.tensor([width, height], dtype=torch.float32, device=fractions.device)
+    labels = torch.ones(fractions.shape[0], dtype=torch.int64)
+    sparse, _ = adapter.prompt_tokens(points=fractions * scale, labels=labels)
+    return sparse[0]
+
+
+def class_mask_logits(adapter: SamAdapter, embedding: ImageEmbedding, semantic: torch.Tensor,
+                      spatial: torch.Tensor) -> torch.Tensor:
+    """Every class's mask logits on every image, from ONE decoder call: (B, C, h, w) low-res logits.
+
+    semantic: (C, D) class tokens; spatial: (B, S, D) each image's spatial tokens. Class c's prompt
+    set on image b is [semantic[c], spatial[b]] (Eq. 8); its single-mask output is class c's map.
+    """
+    batch, classes = len(embedding), semantic.shape[0]
+    if spatial.ndim != 3 or spatial.shape[0] != batch or spatial.shape[-1] != semantic.shape[-1]:
+        raise bad_argument("spatial", f"spatial tokens of shape ({batch}, S, {semantic.shape[-1]})", spatial)
+    tokens = torch.cat([semantic[None, :, None, :].expand(batch, -1, -1, -1),
+                        spatial[:, None].expand(-1, classes, -1, -1)], dim=2)
+    rows = [b for b in range(batch) for _ in range(classes)]
+    images = embedding if batch == 1 else embedding.select(rows)  # one image broadcasts to its C sets
+    low_res, _ = adapter.decode(images, tokens.flatten(0, 1), multimask=False)
+    return low_res.view(batch, classes, *low_res.shape[-2:])
+
+
+def class_maps(adapter: SamAdapter, embedding: ImageEmbedding, logits: torch.Tensor) -> list[np.ndarray]:
+    """(B, C, h, w) low-res class logits -> one (H, W) int64 map per image: the argmax over the
+    classes at the image's own size."""
+    return [adapter.postprocess_masks(logits[b:b + 1], embedding.input_sizes[b],
+                                      embedding.original_sizes[b])[0].argmax(0).cpu().numpy()
+            for b in range(len(embedding))]
+
+
+__all__ = ["TextPromptEncoder", "class_maps", "class_mask_logits", "click_tokens", "point_grid",
+           "text_prompt_cache_path"]
