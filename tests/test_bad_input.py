@@ -67,7 +67,7 @@ def test_unknown_model_lists_known_ones():
     with pytest.raises(ValueError) as error:
         samkit.load_model("sam_vit_x")
     message = str(error.value)
-    assert message.startswith("name: expected one of tinysam, sam_vit_b")
+    assert message.startswith("name: expected one of tinysam, text_tinysam, text_tinysam_swap, sam_vit_b")
     assert "sam2.1_hiera_b+" in message and "'sam_vit_x'" in message
 
 
