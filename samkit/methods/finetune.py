@@ -241,14 +241,13 @@ class Finetune(Method):
 
     def dice_on(self, data) -> float:
         """Mean Dice over every instance of `data`, each prompted with its tight box."""
-        scores, _ = self.instance_dice(data)
-        return float(scores.mean()) if len(scores) else float("nan")  # nan: no instance of these classes
+        return _mean_or_nan(self.instance_dice(data)[0])
 
     def evaluate(self) -> dict[str, float]:
         metrics = {}
         for name, data in self.eval_data.items():
             scores, classes = self.instance_dice(data)
-            metrics[f"dice_{name}"] = float(scores.mean()) if len(scores) else float("nan")
+            metrics[f"dice_{name}"] = _mean_or_nan(scores)
             if self.per_class:
                 metrics.update({f"dice_{name}_{c}": float(scores[classes == c].mean())
                                 for c in np.unique(classes)})
@@ -256,3 +255,8 @@ class Finetune(Method):
 
     def describe(self) -> str:
         return f"finetune {self.adapter.name}: " + super().describe()
+
+
+def _mean_or_nan(scores: np.ndarray) -> float:
+    """The mean, or nan when there is no instance of these classes."""
+    return float(scores.mean()) if len(scores) else float("nan")

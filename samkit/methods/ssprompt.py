@@ -59,8 +59,8 @@ from samkit.metrics import class_iou
 from samkit.metrics import confusion_matrix as _labelled_confusion_matrix
 from samkit.models.base import ImageEmbedding, SamAdapter, Size
 from samkit.models.registry import load_model
-from samkit.models.text_prompts import (TextPromptEncoder, class_maps, class_mask_logits, click_tokens,
-                                       point_grid, text_prompt_cache_path)
+from samkit.models.text_prompts import (DefaultClicks, TextPromptEncoder, class_maps, class_mask_logits,
+                                       click_tokens, point_grid, text_prompt_cache_path)
 
 IGNORE = UNLABELLED  # label of pixels that count for nothing (unlabelled, padding)
 FUSIONS = ("fixed", "average", "weighted")
@@ -195,11 +195,6 @@ def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int
 
 
 # ---- the default semantic prompts: fit (once) and cache the text prompt projection -----------
-def _default_clicks(adapter: SamAdapter, fractions: np.ndarray, size: Size) -> torch.Tensor:
-    with torch.no_grad():
-        return click_tokens(adapter, torch.as_tensor(fractions, device=adapter.device), size)
-
-
 def fit_text_prompts(adapter: SamAdapter, encoder: TextPromptEncoder, data: SemanticData, fractions: np.ndarray,
                      steps: int, batch: int, lr: float, seed: int = 0, progress: bool = False) -> list[float]:
     """Fit `encoder`'s projection with SAM and the text model frozen; returns the loss of each step.
@@ -210,17 +205,15 @@ def fit_text_prompts(adapter: SamAdapter, encoder: TextPromptEncoder, data: Sema
     rng = np.random.default_rng(seed)
     images = CachedEncoder(adapter)
     vectors = encoder.text_vectors(data.class_names)
-    with torch.no_grad():  # a freshly initialised Linear makes tokens ~30x weaker than a click's: start as strong
-        clicks = _default_clicks(adapter, fractions, images.embed(data.item(0)[0])[0].input_sizes[0])[:len(fractions)]
-        gain = clicks.norm(dim=1).mean() / encoder.projection(vectors).norm(dim=1).mean()
-        encoder.projection.weight.mul_(gain)
-        encoder.projection.bias.mul_(gain)
+    default_clicks = DefaultClicks(adapter, fractions)
+    first_size = images.embed(data.item(0)[0])[0].input_sizes[0]
+    encoder.match_strength(data.class_names, default_clicks(first_size)[:len(fractions)])  # start as strong as a click
     optimizer = torch.optim.Adam(encoder.projection.parameters(), lr=lr)
     losses = []
     for _ in tqdm(range(steps), desc="fitting the text prompt projection", disable=not progress, leave=False):
         items = [data.item(int(i)) for i in rng.choice(len(data), size=batch, replace=len(data) < batch)]
         embedding, _ = images.embed([image for image, _ in items])
-        spatial = torch.stack([_default_clicks(adapter, fractions, size) for size in embedding.input_sizes])
+        spatial = torch.stack([default_clicks(size) for size in embedding.input_sizes])
         logits = class_mask_logits(adapter, embedding, encoder.projection(vectors), spatial)
         labels = torch.stack([labels_on_grid(lab, size, adapter.image_size, tuple(logits.shape[-2:]))
                               for (_, lab), size in zip(items, embedding.input_sizes)]).to(logits.device)
@@ -304,7 +297,7 @@ class SSPrompt(Method):
             self.train_indices = few_shot_indices(present, len(self.class_names), shots, selection_seed)
         self.grid = point_grid(spatial_points)
         self.images = CachedEncoder(self.adapter, memory_items=2 * len(self.train_indices) + 64)
-        self._clicks: dict[Size, torch.Tensor] = {}  # image size -> default click tokens (Eq. 2)
+        self.default_clicks = DefaultClicks(self.adapter, self.grid)  # input size -> Z_default^S (Eq. 2)
 
         spatial_mode, semantic_mode = VARIANTS[variant]
         own_text = getattr(self.adapter, "text_prompts", None)  # a model that segments by name (text_tinysam)
@@ -332,13 +325,6 @@ class SSPrompt(Method):
         return len(self.train_indices)
 
     # ---- prompts ---------------------------------------------------------------------------
-    def default_clicks(self, size: Size) -> torch.Tensor:
-        """Z_default^S for images that fill `size` of the input frame: (N + extra, D), once per size, frozen."""
-        size = (int(size[0]), int(size[1]))
-        if size not in self._clicks:
-            self._clicks[size] = _default_clicks(self.adapter, self.grid, size)
-        return self._clicks[size]
-
     def spatial_prompts(self, size: Size) -> torch.Tensor:
         """The clicks' tokens for an image filling `size` of the input frame: Eq. 4's fusion, or VSPL's clicks."""
         n = len(self.grid)

@@ -23,14 +23,14 @@ import numpy as np
 import torch
 
 from samkit.cache import CachedEncoder
+from samkit.datasets.semantic import semantic_scores
 from samkit.datasets.specs import semantic_data
 from samkit.errors import bad_argument
 from samkit.methods.base import Method, register_method
-from samkit.datasets.semantic import semantic_scores
 from samkit.methods.ssprompt import IGNORE, labels_on_grid, semantic_loss
-from samkit.models.base import ImageEmbedding, Size
+from samkit.models.base import ImageEmbedding
 from samkit.models.registry import load_model
-from samkit.models.text_prompts import TextPromptEncoder, class_maps, class_mask_logits, click_tokens, point_grid
+from samkit.models.text_prompts import DefaultClicks, TextPromptEncoder, class_maps, class_mask_logits, point_grid
 
 
 @register_method("text_tinysam")
@@ -67,30 +67,12 @@ class TextTinySamPretrain(Method):
         self.text = TextPromptEncoder(text_encoder, self.adapter.token_dim, self.adapter.device)
         self.grid = point_grid(spatial_points)
         self.images = CachedEncoder(self.adapter, memory_items=len(self.train_data) + len(self.eval_data))
-        self._clicks: dict[Size, torch.Tensor] = {}
-        self._match_click_strength()
-
-    @torch.no_grad()
-    def _match_click_strength(self) -> None:
-        """A fresh Linear gives tokens ~30x weaker than a click's: start the projection as strong."""
-        size = self.images.embed(self.train_data.item(0)[0])[0].input_sizes[0]
-        clicks = self.default_clicks(size)[: len(self.grid)]
-        tokens = self.text(self.class_names)
-        gain = clicks.norm(dim=1).mean() / tokens.norm(dim=1).mean()
-        self.text.projection.weight.mul_(gain)
-        self.text.projection.bias.mul_(gain)
+        self.default_clicks = DefaultClicks(self.adapter, self.grid)  # input size -> Z_default^S
+        first_size = self.images.embed(self.train_data.item(0)[0])[0].input_sizes[0]
+        self.text.match_strength(self.class_names, self.default_clicks(first_size)[: len(self.grid)])
 
     def __len__(self) -> int:
         return len(self.train_data)
-
-    def default_clicks(self, size: Size) -> torch.Tensor:
-        """Z_default^S for an image filling `size` of the input frame (frozen, once per size)."""
-        size = (int(size[0]), int(size[1]))
-        if size not in self._clicks:
-            with torch.no_grad():
-                self._clicks[size] = click_tokens(self.adapter, torch.as_tensor(self.grid, device=self.adapter.device),
-                                                  size)
-        return self._clicks[size]
 
     def class_logits(self, embedding: ImageEmbedding, class_names: Sequence[str] | None = None) -> torch.Tensor:
         """(B, C, h, w) low-res logits of every class name (all trained names by default)."""

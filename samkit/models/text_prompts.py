@@ -72,6 +72,14 @@ class TextPromptEncoder(nn.Module):
         """(C, token_dim) tokens; autograd reaches the projection only."""
         return self.projection(self.text_vectors(class_names))
 
+    @torch.no_grad()
+    def match_strength(self, class_names: Sequence[str], reference: torch.Tensor) -> None:
+        """Scale the projection so the names' tokens are as strong (mean norm) as `reference`'s rows:
+        a freshly initialised Linear makes tokens ~30x weaker than a click's."""
+        gain = reference.norm(dim=1).mean() / self(class_names).norm(dim=1).mean()
+        self.projection.weight.mul_(gain)
+        self.projection.bias.mul_(gain)
+
     def save(self, path: str | os.PathLike, metadata: dict[str, Any]) -> Path:
         """Write the projection (and how it was made, as JSON metadata) atomically."""
         tensors = {name: value.detach().cpu().contiguous() for name, value in self.projection.state_dict().items()}
@@ -121,6 +129,22 @@ def click_tokens(adapter: SamAdapter, fractions: torch.Tensor, input_size: Size)
     return sparse[0]
 
 
+class DefaultClicks:
+    """Z_default^S: the (frozen) tokens of positive clicks at `fractions` of an image, computed once
+    per input size, as `size -> (N + extra, D)`."""
+
+    def __init__(self, adapter: SamAdapter, fractions: np.ndarray):
+        self.adapter, self.fractions = adapter, torch.as_tensor(fractions, device=adapter.device)
+        self._tokens: dict[tuple[int, int], torch.Tensor] = {}
+
+    def __call__(self, input_size: Size) -> torch.Tensor:
+        size = (int(input_size[0]), int(input_size[1]))
+        if size not in self._tokens:
+            with torch.no_grad():
+                self._tokens[size] = click_tokens(self.adapter, self.fractions, size)
+        return self._tokens[size]
+
+
 def class_mask_logits(adapter: SamAdapter, embedding: ImageEmbedding, semantic: torch.Tensor,
                       spatial: torch.Tensor) -> torch.Tensor:
     """Every class's mask logits on every image, from ONE decoder call: (B, C, h, w) low-res logits.
@@ -147,5 +171,5 @@ def class_maps(adapter: SamAdapter, embedding: ImageEmbedding, logits: torch.Ten
             for b in range(len(embedding))]
 
 
-__all__ = ["TextPromptEncoder", "class_maps", "class_mask_logits", "click_tokens", "point_grid",
+__all__ = ["DefaultClicks", "TextPromptEncoder", "class_maps", "class_mask_logits", "click_tokens", "point_grid",
            "text_prompt_cache_path"]

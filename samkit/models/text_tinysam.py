@@ -35,7 +35,7 @@ from samkit.checkpoints import CheckpointError, file_sha256
 from samkit.device import resolve_device
 from samkit.errors import bad_argument
 from samkit.models.base import SamAdapter
-from samkit.models.text_prompts import TextPromptEncoder, class_mask_logits, click_tokens, point_grid
+from samkit.models.text_prompts import DefaultClicks, TextPromptEncoder, class_mask_logits, point_grid
 
 WEIGHTS = Path(str(resources.files("samkit") / "weights"))
 CHECKPOINTS = {"text_tinysam": WEIGHTS / "text_tinysam.safetensors",
@@ -55,6 +55,7 @@ class TextTinySam:
         self.spatial_points = int(spatial_points)
         adapter.text_prompts = text  # what SSPrompt reads its default semantic prompts from
         adapter.spatial_points = self.spatial_points
+        self.default_clicks = DefaultClicks(adapter, point_grid(self.spatial_points))
 
     def class_tokens(self, class_names: Sequence[str]) -> torch.Tensor:
         """(C, 256) prompt tokens of the names (any text MiniLM reads; the trained names work best)."""
@@ -70,8 +71,7 @@ class TextTinySam:
     def segment_tokens(self, image: np.ndarray, tokens: torch.Tensor) -> np.ndarray:
         """(C, H, W) mask logits for (C, 256) semantic tokens (a name's, or any other) with the default clicks."""
         embedding = self.adapter.embed([image])
-        grid = torch.as_tensor(point_grid(self.spatial_points), device=self.adapter.device)
-        spatial = click_tokens(self.adapter, grid, embedding.input_sizes[0])[None]
+        spatial = self.default_clicks(embedding.input_sizes[0])[None]
         logits = class_mask_logits(self.adapter, embedding, tokens, spatial)
         full = self.adapter.postprocess_masks(logits, embedding.input_sizes[0], embedding.original_sizes[0])
         return full[0].float().cpu().numpy()
