@@ -15,6 +15,7 @@ import torch
 import samkit
 from samkit import metrics, prompts
 from samkit.datasets import ShapeScenes
+from samkit.datasets.shapescenes import VOCABULARY
 from samkit.models.base import SamAdapter
 from samkit.widgets import CanvasTransform, PromptProbe, PromptState, Prompts
 from samkit.widgets.inference import jitter_masks, pack_masks, unpack_masks
@@ -484,3 +485,31 @@ def test_probe_works_with_a_transformers_model(scene, tmp_path):
                                                 for row in [*view["candidates"], view["single"]])
     probe.negative_click(*prompts.center_point(~scene.instance_masks[0])[0])
     assert probe.points.shape == (2, 2) and predictor.encoder_calls == 1
+
+
+def test_a_class_name_is_a_prompt_with_a_text_model(predictor):
+    # The shipped text-conditioned TinySAM: the name's mask must find the class far better than chance.
+    scene = ShapeScenes("test", "all", n=4, seed=2)[0]
+    text_model = samkit.load_model("text_tinysam", device="cpu")
+    areas = np.bincount(scene.semantic.ravel(), minlength=len(VOCABULARY))
+    known = [c for c in np.argsort(-areas) if VOCABULARY[c] not in text_model.rare_classes]
+    name = VOCABULARY[known[0]]  # the largest class the model was not made to know badly
+    truth = scene.semantic == known[0]
+    probe = PromptProbe(predictor, scene.image, gt_mask=truth, text_model=text_model)
+    assert probe.view["name"] == {"available": True, "name": None}
+    mask = probe.prompt_name(name)
+    assert mask.shape == truth.shape and metrics.iou(mask, truth) > 0.3
+    assert probe.view["name"]["name"] == name and probe.view["name"]["iou"] == pytest.approx(metrics.iou(mask, truth), abs=1e-4)
+    assert np.array_equal(unpack_masks(probe.name_mask, 1, truth.shape)[0], mask)  # what the browser draws
+    calls = probe.text_predictor.encoder_calls
+    probe.prompt_name(name)
+    assert probe.text_predictor.encoder_calls == calls  # the image is encoded once per image
+    assert probe.prompt_name(None) is None and probe.name_mask == b"" and probe.view["name"]["name"] is None
+
+
+def test_a_class_name_without_a_text_model_is_a_clear_error(probe):
+    assert probe.view["name"] == {"available": False, "name": None}
+    with pytest.raises(ValueError, match="text_model"):
+        probe.prompt_name("crab")
+    with pytest.raises(ValueError, match="model"):
+        PromptProbe(probe.predictor, probe.image, text_model=probe.predictor.model)  # segments by clicks only

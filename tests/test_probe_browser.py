@@ -2,7 +2,7 @@
 
 Opens notebooks/05_prompt_probe.ipynb, runs it, then uses the probe as a learner would: a
 left click on an object, a right click (negative point, no context menu), keys typed inside
-the widget (they must not reach JupyterLab), export then import. Saves a screenshot and the
+the widget (they must not reach JupyterLab), export then import, a class name as the prompt. Saves a screenshot and the
 browser's click timings to test-artifacts/.
 """
 
@@ -163,7 +163,20 @@ def test_probe_in_jupyterlab(lab):
             act(page, probe, lambda: page.mouse.click(*image_to_page(canvas, *negative_xy)))
             assert probe.get_attribute("data-points") == "1" and "removed" in probe.locator(".sp-message").inner_text()
 
-            # 6. Click latency, click event to masks painted, with the jitter off (it adds a batched decode).
+            # 6. A class name typed in the widget is a prompt (the notebook gave the probe the text-conditioned TinySAM).
+            name = scene.class_names[0]
+            probe.locator("input.sp-name-input").fill(name)
+            before_name = _canvas_pixels(page, canvas)
+            act(page, probe, lambda: probe.locator("input.sp-name-input").press("Enter"))
+            assert int(probe.get_attribute("data-name-area")) > 100, probe.locator(".sp-message").inner_text()
+            assert name in probe.locator(".sp-name-info").inner_text()
+            assert probe.get_attribute("data-points") == "1"  # typing in the box is not a shortcut key
+            orange = np.abs(_canvas_pixels(page, canvas).astype(int) - before_name).sum(axis=1) > 30
+            assert orange.sum() > 100, "the name's mask was not drawn"
+            act(page, probe, lambda: probe.get_by_role("button", name="Remove name").click())
+            assert probe.get_attribute("data-name-area") == ""
+
+            # 7. Click latency, click event to masks painted, with the jitter off (it adds a batched decode).
             act(page, probe, lambda: probe.locator("input.sp-jitter-slider").fill("0"))
             rng = np.random.default_rng(0)
             totals = []

@@ -134,9 +134,12 @@ def test_semantic_head_decodes_every_class_of_every_image_in_one_call(method):
 
 def test_evaluate_reports_miou_and_the_weights(method):
     result = method.evaluate()
-    assert set(result) == {"miou", "miou_foreground", "miou_background"}
+    assert set(result) == {"miou", "miou_foreground", "miou_background"} | {f"iou_{c}" for c in method.class_names}
     assert 0.0 <= result["miou"] <= 1.0
     assert set(method.last_class_iou) == set(method.class_names)
+    per_class = np.array([result[f"iou_{c}"] for c in method.class_names])
+    assert np.allclose(per_class, [method.last_class_iou[c] for c in method.class_names], equal_nan=True)
+    assert np.isclose(result["miou"], np.nanmean(per_class))
     weights = method.semantic_weights()
     assert list(weights) == list(method.class_names) and all(0 <= w <= 1 for w in weights.values())
     assert method.spatial_weights().shape == (4,)
@@ -279,3 +282,18 @@ def test_class_balanced_weights_are_inverse_pixel_frequency():
     assert np.allclose(weights[seen] * counts[seen], (weights[seen] * counts[seen])[0], rtol=1e-4)
     assert weights[seen].mean() == pytest.approx(1.0) and (weights[~seen] == 0).all()
     assert build("semprompt").class_weights is None
+
+
+def test_spatial_embedding_init_sets_the_clicks_start_apart_from_the_classes():
+    torch.manual_seed(0)
+    scenes = {"kind": "shapescenes", "classes": "all", "seed": 2, "size": 64}
+    method = SSPrompt(train={**scenes, "split": "train", "n": 6}, test={**scenes, "split": "val", "n": 2},
+                      variant="ssprompt", shots=1, spatial_points=4, checkpoint="random", text_prompts=TINY_TEXT_FIT,
+                      embedding_init="random", spatial_embedding_init="default")
+    size = method.images.embed(method.train_data.item(method.train_indices[0])[0])[0].input_sizes[0]
+    assert torch.allclose(method.spatial_prompts(size), method.default_clicks(size))  # clicks start at the defaults
+    assert not torch.allclose(method.semantic(method.semantic_default), method.semantic_default)  # classes at random
+    with pytest.raises(ValueError, match="spatial_embedding_init"):
+        SSPrompt(train={**scenes, "split": "train", "n": 6}, test={**scenes, "split": "val", "n": 2},
+                 variant="ssprompt", shots=1, spatial_points=4, checkpoint="random", text_prompts=TINY_TEXT_FIT,
+                 spatial_embedding_init="zeros")

@@ -70,6 +70,7 @@ def test_checkpoint_round_trip(tmp_path):
     text_tinysam.save(method, path)
     model = text_tinysam.load("text_tinysam", checkpoint=path, device="cpu")
     assert model.rare_classes == ("rock",) and model.class_names == method.class_names and model.spatial_points == 4
+    assert model.adapter.rare_classes == ("rock",)  # what SSPrompt and notebook 03 read
     assert torch.equal(model.text.projection.bias, method.text.projection.bias)
     for key, value in method.adapter.mask_decoder.state_dict().items():
         assert torch.allclose(model.adapter.mask_decoder.state_dict()[key], value.half().float())

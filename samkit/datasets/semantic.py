@@ -114,6 +114,15 @@ class SemanticData:
 UNLABELLED = -1  # the label of pixels that count for nothing
 
 
+def class_pixel_counts(data: SemanticData, indices: Sequence[int] | None = None) -> np.ndarray:
+    """(C,) labelled pixels of each class over the samples `indices` of `data` (None: all of them)."""
+    counts = np.zeros(len(data.class_names), dtype=np.int64)
+    for index in range(len(data)) if indices is None else indices:
+        labels = data.item(index)[1]
+        counts += np.bincount(labels[labels >= 0], minlength=len(data.class_names))
+    return counts
+
+
 def semantic_scores(predict: Callable[[list[np.ndarray]], list[np.ndarray]], data: SemanticData,
                     batch: int = 4) -> tuple[dict[str, float], dict[str, float]]:
     """mIoU of `predict` (images -> (H, W) class maps) over `data`: one confusion matrix over all

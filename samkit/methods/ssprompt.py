@@ -27,8 +27,9 @@ steps of the learnable embeddings (2 undoes the halving of their gradient under 
 With `model="text_tinysam"` the default semantic prompts are that model's own name tokens.
 
 Two readings the paper leaves open, taken here:
-- learnable embeddings start as copies of the defaults, so every variant starts from the default
-  prompts' prediction; weights start at w = 0.5 (a = 0);
+- learnable embeddings start as copies of the defaults (`embedding_init="default"`), so every
+  variant starts from the default prompts' prediction, or at random ("random": then w has a
+  gradient from the first step, which notebook 03 needs for Fig. 3b); weights start at w = 0.5;
 - Eq. 4/6 give w to the *learned* embedding; the paper's prose ("learnable weights to weight the
   default prompt embeddings") and its reading of Fig. 3b suggest the plotted weight is the one on
   the default. `semantic_weights()` returns w as in Eq. 6; 1 - w is the weight on the default.
@@ -51,7 +52,7 @@ from tqdm.auto import tqdm
 from samkit.cache import CachedEncoder
 from samkit.checkpoints import CheckpointError
 from samkit.datasets.fewshot import few_shot_indices
-from samkit.datasets.semantic import UNLABELLED, SemanticData, semantic_scores
+from samkit.datasets.semantic import UNLABELLED, SemanticData, class_pixel_counts, semantic_scores
 from samkit.datasets.specs import semantic_data
 from samkit.errors import bad_argument
 from samkit.methods.base import Method, register_method
@@ -264,7 +265,8 @@ class SSPrompt(Method):
     train / test: data set specs (ShapeScenes, a reader, or a semantic_folder); the training set
     is a `shots`-shot selection from `train` (None: all of it). spatial_points: N (a square).
     text_prompts: the text prompt projection's recipe (TEXT_PROMPT_RECIPE's keys).
-    embedding_init: "default" (learnable embeddings start as copies of the defaults) or "random".
+    embedding_init: "default" (learnable embeddings start as copies of the defaults) or "random";
+    spatial_embedding_init: the same for the clicks' embeddings alone (None: as embedding_init).
     short_side: resize images so their shorter side has this length; flip: random horizontal flips.
     stuff_classes: background classes, when the data set does not say.
     """
@@ -272,13 +274,16 @@ class SSPrompt(Method):
     def __init__(self, train: dict[str, Any], test: dict[str, Any], variant: str = "ssprompt",
                  shots: int | None = 16, spatial_points: int = 100, model: str = "tinysam",
                  checkpoint: str | None = None, text_prompts: dict[str, Any] | None = None,
-                 embedding_init: str = "default", short_side: int | None = None, flip: bool = True,
+                 embedding_init: str = "default", spatial_embedding_init: str | None = None,
+                 short_side: int | None = None, flip: bool = True,
                  stuff_classes: Sequence[str] | None = None, selection_seed: int = 0, eval_batch: int = 4,
                  class_balanced: bool = False, learned_scale: float = 1.0, progress: bool = False,
                  device: torch.device | str = "cpu"):
         super().__init__()
         if variant not in VARIANTS:
             raise bad_argument("variant", f"one of {sorted(VARIANTS)}", variant)
+        if spatial_embedding_init not in (None, *EMBEDDING_INITS):
+            raise bad_argument("spatial_embedding_init", f"None or one of {EMBEDDING_INITS}", spatial_embedding_init)
         self.variant, self.flip, self.eval_batch = variant, flip, eval_batch
         self.adapter: SamAdapter = load_model(model, checkpoint=checkpoint, device=device)
         self.sam = self.adapter.module
@@ -315,7 +320,7 @@ class SSPrompt(Method):
         first_image = self.train_data.item(self.train_indices[0])[0]
         clicks = self.default_clicks(self.images.embed(first_image)[0].input_sizes[0])[:spatial_points]
         self.spatial = PromptFusion(clicks, spatial_mode if spatial_mode not in ("coordinates", "lowrank") else "fixed",
-                                    embedding_init, learned_scale)  # Eq. 4
+                                    spatial_embedding_init or embedding_init, learned_scale)  # Eq. 4
         self.clicks = LearnedClicks(self.grid) if spatial_mode == "coordinates" else None  # VSPL
         self.lowrank = LowRankClicks(clicks) if spatial_mode == "lowrank" else None  # Table 8's control
         self.register_buffer("class_weights", self.balanced_weights() if class_balanced else None)
@@ -361,10 +366,7 @@ class SSPrompt(Method):
     def balanced_weights(self) -> torch.Tensor:
         """(C,) class weights for a class-balanced loss: inverse pixel frequency over the training
         images, normalised to mean 1 over the classes they contain (absent classes weigh 0)."""
-        counts = np.zeros(len(self.class_names))
-        for index in self.train_indices:
-            labels = self.train_data.item(index)[1]
-            counts += np.bincount(labels[labels >= 0], minlength=len(self.class_names))
+        counts = class_pixel_counts(self.train_data, self.train_indices)
         weights = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
         weights *= (counts > 0).sum() / weights.sum()
         return torch.as_tensor(weights, dtype=torch.float32, device=self.adapter.device)
@@ -397,9 +399,10 @@ class SSPrompt(Method):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """mIoU over the test set (see `semantic_scores`); per-class IoU in `last_class_iou`."""
+        """mIoU over the test set (see `semantic_scores`) and each class's IoU as `iou_<name>` (so the
+        trainer's history keeps them); the per-class IoU also in `last_class_iou`."""
         metrics, self.last_class_iou = semantic_scores(self.predict, self.test_data, self.eval_batch)
-        return metrics
+        return {**metrics, **{f"iou_{name}": value for name, value in self.last_class_iou.items()}}
 
     def describe(self) -> str:
         return (f"ssprompt ({self.variant}) on {self.adapter.name}, {len(self)} training images, "

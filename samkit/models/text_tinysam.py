@@ -34,7 +34,7 @@ from samkit.atomic import atomic_path
 from samkit.checkpoints import CheckpointError, file_sha256
 from samkit.device import resolve_device
 from samkit.errors import bad_argument
-from samkit.models.base import SamAdapter
+from samkit.models.base import ImageEmbedding, SamAdapter
 from samkit.models.text_prompts import DefaultClicks, TextPromptEncoder, class_mask_logits, point_grid
 
 WEIGHTS = Path(str(resources.files("samkit") / "weights"))
@@ -55,6 +55,8 @@ class TextTinySam:
         self.spatial_points = int(spatial_points)
         adapter.text_prompts = text  # what SSPrompt reads its default semantic prompts from
         adapter.spatial_points = self.spatial_points
+        adapter.rare_classes = self.rare_classes  # the names made rare in pre-training (Fig. 3b's premise)
+        adapter.class_names = self.class_names
         self.default_clicks = DefaultClicks(adapter, point_grid(self.spatial_points))
 
     def class_tokens(self, class_names: Sequence[str]) -> torch.Tensor:
@@ -67,10 +69,15 @@ class TextTinySam:
         """(C, H, W) float32 mask logits, one map per name, at the image's size."""
         return self.segment_tokens(image, self.class_tokens(class_names))
 
-    @torch.no_grad()
     def segment_tokens(self, image: np.ndarray, tokens: torch.Tensor) -> np.ndarray:
         """(C, H, W) mask logits for (C, 256) semantic tokens (a name's, or any other) with the default clicks."""
-        embedding = self.adapter.embed([image])
+        return self.segment_embedding(self.adapter.embed([image]), tokens)
+
+    @torch.no_grad()
+    def segment_embedding(self, embedding: ImageEmbedding, tokens: torch.Tensor) -> np.ndarray:
+        """`segment_tokens` for an image embedded already (one image: a Predictor's `embedding`)."""
+        if len(embedding.input_sizes) != 1:
+            raise bad_argument("embedding", "the embedding of one image", len(embedding.input_sizes))
         spatial = self.default_clicks(embedding.input_sizes[0])[None]
         logits = class_mask_logits(self.adapter, embedding, tokens, spatial)
         full = self.adapter.postprocess_masks(logits, embedding.input_sizes[0], embedding.original_sizes[0])
@@ -79,6 +86,15 @@ class TextTinySam:
     def semantic(self, image: np.ndarray, class_names: Sequence[str] | None = None) -> np.ndarray:
         """(H, W) int64 map: the index of the best-scoring name (all trained names by default)."""
         return self.segment(image, class_names or self.class_names).argmax(0)
+
+
+def from_adapter(model: SamAdapter) -> TextTinySam:
+    """The TextTinySam around the adapter `load_model("text_tinysam")` returns."""
+    text = getattr(model, "text_prompts", None)
+    if not isinstance(model, SamAdapter) or text is None:
+        raise bad_argument("model", "a model that segments by class name, e.g. load_model('text_tinysam')", model)
+    return TextTinySam(model, text, getattr(model, "class_names", ()), getattr(model, "rare_classes", ()),
+                       getattr(model, "spatial_points", 16))
 
 
 def check_class_names(class_names: Sequence[str]) -> list[str]:

@@ -4,6 +4,8 @@
 
 const DRAG_PX = 5; // a press that moves further than this is a box drag, not a click
 const MASK_ALPHA = 0.5;
+const NAME_RGB = [255, 140, 0]; // the class name prompt's mask: orange, apart from the candidates' palette
+const NAME_ALPHA = 0.4;
 const THUMB_PX = 132;
 
 function el(tag, attrs = {}, ...children) {
@@ -87,6 +89,7 @@ function render({ model, el: host }) {
   let variantOverlays = [];
   let variantOverlaysKey = null;
   let spreadOverlay = null;
+  let nameOverlay = null; // the class name prompt's mask, drawn over the clicks' answer
   let drag = null;
 
   const root = el("div", { class: "samkit-probe", tabindex: "0", "data-lm-suppress-shortcuts": "true" });
@@ -111,6 +114,14 @@ function render({ model, el: host }) {
   const jitter = el("input", { type: "range", class: "sp-jitter-slider", min: "0", max: "20", step: "0.5", value: "0" });
   const jitterLabel = el("span", { class: "sp-jitter-value", text: "0 px" });
   const variantName = el("input", { type: "text", class: "sp-variant-name", placeholder: "variant name", size: "10" });
+  const nameInput = el("input", { type: "text", class: "sp-name-input", placeholder: "class name, e.g. crab", size: "16" });
+  const nameInfo = el("span", { class: "sp-name-info" });
+  const sendName = () => send({ type: "name", name: nameInput.value.trim() || null });
+  nameInput.addEventListener("keydown", (event) => { if (event.key === "Enter") sendName(); });
+  const nameRow = el("div", { class: "sp-row sp-name-row", hidden: "" },
+    el("span", { text: "prompt by name: " }), nameInput,
+    el("button", { text: "Segment", title: "Enter: the text model's mask for this class name", onclick: sendName }),
+    el("button", { text: "Remove name", onclick: () => { nameInput.value = ""; sendName(); } }), nameInfo);
   multimask.addEventListener("change", () => send({ type: "options", multimask: multimask.checked }));
   feed.addEventListener("change", () => send({ type: "options", feed_mask: feed.checked }));
   jitter.addEventListener("input", () => { jitterLabel.textContent = `${jitter.value} px`; });
@@ -133,9 +144,10 @@ function render({ model, el: host }) {
   );
   const help = el("div", { class: "sp-help", text:
     "left click: positive point · right or shift-click: negative · drag: box · click a point: remove it · " +
-    "keys (widget focused): z undo, y redo, c clear, m multimask, f feed mask, x remove box, 1-4 show a candidate, s save variant" });
+    "keys (widget focused): z undo, y redo, c clear, m multimask, f feed mask, x remove box, 1-4 show a candidate, s save variant" +
+    " · with a text model: type a class name, Enter" });
 
-  root.append(status, toolbar,
+  root.append(status, toolbar, nameRow,
     el("div", { class: "sp-body" }, el("div", { class: "sp-main" }, canvas), cards),
     timing, message, jitterPanel, variantsPanel, ioPanel, help);
   host.append(root);
@@ -205,6 +217,8 @@ function render({ model, el: host }) {
       variantOverlays = (view.variants || []).map((_, i) =>
         maskCanvas(variantBytes, i, width, height, colors[(4 + i) % colors.length]));
     }
+    const nameBytes = bytesOf(model.get("name_mask"));
+    nameOverlay = view.name?.name && nameBytes.length ? maskCanvas(nameBytes, 0, width, height, NAME_RGB, NAME_ALPHA) : null;
     const spread = bytesOf(model.get("spread"));
     spreadOverlay = view.jitter && spread.length ? spreadCanvas(spread, view.jitter.width, view.jitter.height) : null;
   }
@@ -255,6 +269,10 @@ function render({ model, el: host }) {
     const result = view.result;
     const index = result ? (shown ?? result.shown) : null;
     drawImageWith(context, cssWidth, cssHeight, index !== null ? overlays[index] : null);
+    if (nameOverlay) {
+      context.imageSmoothingEnabled = false;
+      context.drawImage(nameOverlay, 0, 0, cssWidth, cssHeight);
+    }
     drawPrompts(context, view, cssWidth / width);
     if (drag && drag.moved) {
       context.setLineDash([5, 4]);
@@ -378,6 +396,13 @@ function render({ model, el: host }) {
     root.dataset.version = String(view.version);
     root.dataset.points = String((view.points || []).length);
     root.dataset.hasBox = String(!!view.box);
+    const name = view.name || {};
+    nameRow.hidden = !name.available;
+    if (document.activeElement !== nameInput) nameInput.value = name.name || "";
+    nameInfo.textContent = name.name
+      ? ` '${name.name}': ${name.area} px` + (name.iou !== undefined ? ` · IoU ${fmt(name.iou)} · Dice ${fmt(name.dice)}` : "")
+      : "";
+    root.dataset.nameArea = name.name ? String(name.area) : "";
   }
 
   function timingLine(view, browser) {

@@ -24,6 +24,7 @@ from samkit.errors import bad_argument
 from samkit.images import ImageLike, as_rgb_uint8
 from samkit.metrics import dice, iou
 from samkit.models.base import SamAdapter
+from samkit.models.text_tinysam import TextTinySam, from_adapter
 from samkit.predictor import Predictor
 from samkit.viz import PALETTE
 from samkit.widgets import codegen, exchange
@@ -37,7 +38,7 @@ SPREAD_MAX_SIDE = 512  # the jitter frequency map is sent at most this large (it
 MAX_TIMINGS = 1000
 # What the browser may send; each type has a handler `_on_<type>`.
 MESSAGE_TYPES = ("click", "box", "remove_box", "undo", "redo", "clear", "options", "save_variant",
-                 "load_variant", "remove_variant", "import", "drawn")
+                 "load_variant", "remove_variant", "import", "name", "drawn")
 
 
 @dataclass
@@ -88,8 +89,10 @@ class PromptProbe(anywidget.AnyWidget):
     In the browser: left click = positive point, right click or shift-click = negative point,
     drag = box, a click on a point removes it; keys z/y undo/redo, c clear, m multimask,
     f feed mask, x remove box, 1-4 show a candidate, s save variant (with the widget focused).
+    With a `text_model` (`load_model("text_tinysam")`), a class name typed in the widget is a
+    prompt too: its mask is drawn over the image beside the clicks' answer.
     From Python: `click`, `drag_box`, `undo`, `redo`, `clear`, `set_options`, `save_variant`,
-    `export_json` / `import_json`, `python_code`, `jitter_spread`.
+    `export_json` / `import_json`, `python_code`, `jitter_spread`, `prompt_name`.
     """
 
     _esm = HERE / "probe.js"
@@ -101,12 +104,19 @@ class PromptProbe(anywidget.AnyWidget):
     spread = traitlets.Bytes(b"").tag(sync=True)  # jitter frequency map, uint8 0..255
     variant_masks = traitlets.Bytes(b"").tag(sync=True)  # one bit-packed mask per variant
     status = traitlets.Unicode("").tag(sync=True)  # image status: encoding / ready
+    name_mask = traitlets.Bytes(b"").tag(sync=True)  # the class name prompt's mask, bit-packed
 
     def __init__(self, model_or_predictor: Predictor | SamAdapter, image: ImageLike, gt_mask: Any = None, *,
                  multimask: bool = True, feed_mask: bool = False, jitter: float = 0.0,
-                 jitter_samples: int = 16, display_width: int = 480, seed: int = 0):
+                 jitter_samples: int = 16, display_width: int = 480, seed: int = 0,
+                 text_model: SamAdapter | None = None):
         super().__init__()
         self.predictor = _as_predictor(model_or_predictor)
+        # A model that segments by class name: its own Predictor caches its embedding of the image.
+        self.text_model: TextTinySam | None = None if text_model is None else from_adapter(text_model)
+        self.text_predictor = None if text_model is None else Predictor(text_model)
+        self.name: str | None = None
+        self.name_result: np.ndarray | None = None  # (H, W) bool: the name's mask
         if not isinstance(display_width, int) or not 64 <= display_width <= 4096:
             raise bad_argument("display_width", "an int in [64, 4096] (CSS pixels)", display_width)
         self.display_width, self.seed = display_width, int(seed)
@@ -138,6 +148,7 @@ class PromptProbe(anywidget.AnyWidget):
         encoded = self.predictor.encoder_calls > calls
         self.image, self.image_sha256, self.gt_mask = canonical, self.predictor.image_sha256, gt
         self.state.reset(canonical.shape[:2])
+        self.name, self.name_result = None, None
         self.memo.clear()
         self.variants.clear()
         self.result = None
@@ -260,6 +271,24 @@ class PromptProbe(anywidget.AnyWidget):
     def _on_import(self, content: dict) -> str:
         return self._import(content.get("json"))
 
+    def _on_name(self, content: dict) -> str:
+        name = content.get("name")
+        if self.text_model is None:
+            raise bad_argument("text_model", "a model that segments by class name, given as "
+                               "PromptProbe(..., text_model=load_model('text_tinysam'))", None)
+        if name is None or (isinstance(name, str) and not name.strip()):
+            self.name, self.name_result = None, None
+            return "class name prompt removed"
+        if not isinstance(name, str):
+            raise bad_argument("name", "a class name such as 'crab' (or None to remove it)", name)
+        self.name = name.strip()
+        self.text_predictor.set_image(self.image)  # the cache: encoded once per image
+        logits = self.text_model.segment_embedding(self.text_predictor.embedding,
+                                                   self.text_model.class_tokens([self.name]))
+        self.name_result = logits[0] > 0
+        known = "" if self.name in self.text_model.class_names else " (a name it was not trained on)"
+        return f"segmented by name: {self.name!r}{known}, {int(self.name_result.sum())} px"
+
     def _on_drawn(self, content: dict) -> None:
         """The browser's report: transfer and draw time of an update it asked for."""
         for entry in reversed(self.timings):
@@ -312,6 +341,11 @@ class PromptProbe(anywidget.AnyWidget):
 
     def remove_variant(self, name: str) -> ProbeResult | None:
         return self.handle({"type": "remove_variant", "name": name})
+
+    def prompt_name(self, name: str | None) -> np.ndarray | None:
+        """Segment the class `name` with the text model (None removes it); returns its (H, W) mask."""
+        self.handle({"type": "name", "name": name})
+        return self.name_result
 
     def import_json(self, text: str) -> ProbeResult | None:
         """Restore prompts, options and variants from `export_json` text (same image only)."""
@@ -446,6 +480,9 @@ class PromptProbe(anywidget.AnyWidget):
                      "box": v.snapshot.prompts.box is not None, **self._metrics(v.mask)}
                     for v in self.variants.values()]
         masks = pack_masks(self.result.all_masks) if self.result is not None else b""
+        name_mask = pack_masks(self.name_result[None]) if self.name_result is not None else b""
+        name_view = {"available": self.text_model is not None, "name": self.name,
+                     **(self._metrics(self.name_result) if self.name_result is not None else {})}
         variant_masks = pack_masks(np.stack([v.mask for v in self.variants.values()])) if self.variants else b""
         export_json, python_code = self.export_json(), self.python_code()
         height, width = self.image_size
@@ -465,7 +502,7 @@ class PromptProbe(anywidget.AnyWidget):
                         "jitter_max": max(8, int(round(0.15 * max(height, width))))},
             "chain_length": len(self.state.current.chain),
             "result": self._result_view(), "has_gt": self.gt_mask is not None,
-            "jitter": jitter_view,
+            "jitter": jitter_view, "name": name_view,
             "variants": variants, "variant_ious": {"names": names, "matrix": np.round(matrix, 3).tolist()},
             "can_undo": self.state.can_undo, "can_redo": self.state.can_redo,
             "timing": timing, "message": self._message, "error": self._error,
@@ -475,5 +512,5 @@ class PromptProbe(anywidget.AnyWidget):
         self.timings.append({"seq": seq, "origin": origin, **timing})
         del self.timings[:-MAX_TIMINGS]
         with self.hold_sync():  # one comm message: the view and its pixels arrive together
-            self.masks, self.spread, self.variant_masks = masks, spread, variant_masks
+            self.masks, self.spread, self.variant_masks, self.name_mask = masks, spread, variant_masks, name_mask
             self.view = view
