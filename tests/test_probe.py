@@ -498,7 +498,9 @@ def test_a_class_name_is_a_prompt_with_a_text_model(predictor):
     probe = PromptProbe(predictor, scene.image, gt_mask=truth, text_model=text_model)
     assert probe.view["name"] == {"available": True, "name": None}
     mask = probe.prompt_name(name)
-    assert mask.shape == truth.shape and metrics.iou(mask, truth) > 0.3
+    assert mask.shape == truth.shape and metrics.iou(mask, truth) > 0.5
+    others = scene.semantic != known[0]
+    assert mask[others].mean() < 0.1  # where another class is, the name rarely wins
     assert probe.view["name"]["name"] == name and probe.view["name"]["iou"] == pytest.approx(metrics.iou(mask, truth), abs=1e-4)
     assert np.array_equal(unpack_masks(probe.name_mask, 1, truth.shape)[0], mask)  # what the browser draws
     calls = probe.text_predictor.encoder_calls

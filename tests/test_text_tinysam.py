@@ -114,3 +114,15 @@ def test_bad_names_and_a_mismatched_tinysam_are_named(tmp_path):
     text_tinysam.save(method, tmp_path / "other.safetensors")
     with pytest.raises(CheckpointError, match="retrain"):
         text_tinysam.load("text_tinysam", checkpoint=tmp_path / "other.safetensors", device="cpu")
+
+
+def test_name_mask_is_where_the_name_wins_the_semantic_map():
+    model = text_tinysam.load("text_tinysam", device="cpu")
+    scene = ShapeScenes("test", "all", n=2, seed=2)[0]
+    embedding = model.adapter.embed([scene.image])
+    semantic = model.semantic(scene.image)
+    for name in ("pebble", "water"):
+        assert np.array_equal(model.name_mask(embedding, name), semantic == model.class_names.index(name))
+    assert model.name_mask(embedding, "submarine").shape == semantic.shape  # any word MiniLM reads
+    with pytest.raises(ValueError, match="class_names"):
+        model.name_mask(embedding, "")

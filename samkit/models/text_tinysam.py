@@ -83,6 +83,13 @@ class TextTinySam:
         full = self.adapter.postprocess_masks(logits, embedding.input_sizes[0], embedding.original_sizes[0])
         return full[0].float().cpu().numpy()
 
+    def name_mask(self, embedding: ImageEmbedding, name: str) -> np.ndarray:
+        """(H, W) bool: where `name` outscores every trained name. A class's logits mean something only
+        against the others (pre-training's cross-entropy fixes them up to a shift per pixel), so one
+        name's map is not thresholded at 0 alone."""
+        names = check_class_names([name]) + [c for c in self.class_names if c != name]
+        return self.segment_embedding(embedding, self.class_tokens(names)).argmax(0) == 0
+
     def semantic(self, image: np.ndarray, class_names: Sequence[str] | None = None) -> np.ndarray:
         """(H, W) int64 map: the index of the best-scoring name (all trained names by default)."""
         return self.segment(image, class_names or self.class_names).argmax(0)

@@ -283,11 +283,10 @@ class PromptProbe(anywidget.AnyWidget):
             raise bad_argument("name", "a class name such as 'crab' (or None to remove it)", name)
         self.name = name.strip()
         self.text_predictor.set_image(self.image)  # the cache: encoded once per image
-        logits = self.text_model.segment_embedding(self.text_predictor.embedding,
-                                                   self.text_model.class_tokens([self.name]))
-        self.name_result = logits[0] > 0
+        self.name_result = self.text_model.name_mask(self.text_predictor.embedding, self.name)
         known = "" if self.name in self.text_model.class_names else " (a name it was not trained on)"
-        return f"segmented by name: {self.name!r}{known}, {int(self.name_result.sum())} px"
+        return (f"segmented by name: {self.name!r}{known}, {int(self.name_result.sum())} px where it outscores "
+                f"the model's {len(self.text_model.class_names) - (self.name in self.text_model.class_names)} other names")
 
     def _on_drawn(self, content: dict) -> None:
         """The browser's report: transfer and draw time of an update it asked for."""
