@@ -1,4 +1,4 @@
-"""Segmentation metrics in numpy: dice, iou, miou, ciou, semantic mIoU, AP50, pixel rates.
+"""Segmentation metrics in numpy: dice, iou, miou, ciou, semantic mIoU, AP50 (COCOeval), pixel rates.
 
 Masks may be bool or {0, 1} arrays (torch tensors are converted). Per-mask metrics take
 one H x W mask or a batch B x H x W (giving B values). Convention: two empty masks
@@ -161,12 +161,14 @@ def iou_matrix(a: Any, b: Any) -> Any:
 
 
 def ap50(pred_masks: Any, scores: Any, gt_masks: Any) -> float:
-    """Instance average precision at IoU 0.5, COCO style, for one image or a list of images.
+    """Instance average precision at IoU 0.5 by pycocotools' COCOeval (the code behind published
+    COCO numbers), for one image or a list of images.
 
-    One image: pred_masks (P, H, W), scores (P,), gt_masks (G, H, W). Several: lists of
-    those, one entry per image. Predictions are matched greedily by descending score to
-    the unmatched target of highest IoU >= 0.5; precision is interpolated at 101 recall
-    levels. No targets: 1.0 without predictions, 0.0 with any.
+    One image: pred_masks (P, H, W), scores (P,), gt_masks (G, H, W). Several: lists of those,
+    one entry per image; one class (pool the classes' queries, or call once per class). COCOeval
+    matches predictions by descending score to the unmatched target of highest IoU >= 0.5 and
+    interpolates precision at 101 recall levels. An empty predicted mask never matches (IoU 0);
+    an empty target is refused (it is no instance). No targets: 1.0 without predictions, 0.0 with any.
     """
     many = isinstance(scores, Sequence) and len(scores) > 0 and np.ndim(scores[0]) == 1
     if not many:
@@ -174,7 +176,7 @@ def ap50(pred_masks: Any, scores: Any, gt_masks: Any) -> float:
     if not len(pred_masks) == len(scores) == len(gt_masks):
         raise ValueError(f"pred_masks, scores and gt_masks: expected one entry per image, got "
                          f"{len(pred_masks)}, {len(scores)} and {len(gt_masks)}")
-    all_scores, all_hits, n_targets = [], [], 0
+    images = []
     for preds, image_scores, gts in zip(pred_masks, scores, gt_masks):
         preds, gts = _as_bool(preds, "pred_masks"), _as_bool(gts, "gt_masks")
         image_scores = np.asarray(image_scores, dtype=float).reshape(-1)
@@ -185,33 +187,53 @@ def ap50(pred_masks: Any, scores: Any, gt_masks: Any) -> float:
         if len(image_scores) != len(preds):
             raise ValueError(f"scores: expected one score per mask ({len(preds)}), got "
                              f"{len(image_scores)}")
-        n_targets += len(gts)
-        hits = np.zeros(len(preds), dtype=bool)
-        if len(preds) and len(gts):
-            ious = iou_matrix(preds, gts)
-            taken = np.zeros(len(gts), dtype=bool)
-            for p in np.argsort(-image_scores, kind="stable"):
-                candidates = np.where(taken, -1.0, ious[p])
-                best = int(np.argmax(candidates))
-                if candidates[best] >= 0.5:
-                    taken[best], hits[p] = True, True
-        all_scores.append(image_scores)
-        all_hits.append(hits)
-    scores_flat, hits_flat = np.concatenate(all_scores), np.concatenate(all_hits)
+        if len(gts) and not gts.reshape(len(gts), -1).any(1).all():
+            raise bad_argument("gt_masks", "non-empty target masks (an empty mask is no instance)", gts)
+        images.append((preds, image_scores, gts))
+    n_targets = sum(len(gts) for _, _, gts in images)
+    n_predictions = sum(len(preds) for preds, _, _ in images)
     if n_targets == 0:
-        return 1.0 if scores_flat.size == 0 else 0.0
-    if scores_flat.size == 0:
+        return 1.0 if n_predictions == 0 else 0.0
+    if n_predictions == 0:
         return 0.0
-    order = np.argsort(-scores_flat, kind="stable")
-    true_pos = np.cumsum(hits_flat[order])
-    recall = true_pos / n_targets
-    precision = true_pos / np.arange(1, len(order) + 1)
-    # Interpolate: precision at recall r is the best precision at any recall >= r.
-    precision = np.maximum.accumulate(precision[::-1])[::-1]
-    # At each of COCO's 101 recall levels, the precision where that recall is first
-    # reached; 0 for levels never reached.
-    first = np.searchsorted(recall, np.linspace(0.0, 1.0, 101), side="left")
-    return float(np.append(precision, 0.0)[first].mean())
+    return _cocoeval_ap50(images)
+
+
+def _cocoeval_ap50(images: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
+    import contextlib
+    import io
+
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    def rle(mask: np.ndarray) -> dict:
+        encoded = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return {"size": encoded["size"], "counts": encoded["counts"]}
+
+    records, annotations, detections = [], [], []
+    for image_id, (preds, image_scores, gts) in enumerate(images, start=1):
+        height, width = preds.shape[1:]
+        records.append({"id": image_id, "height": int(height), "width": int(width)})
+        for gt in gts:
+            encoded = rle(gt)
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
+                                "segmentation": encoded, "area": float(mask_utils.area(encoded)),
+                                "bbox": [float(v) for v in mask_utils.toBbox(encoded)]})
+        detections += [{"image_id": image_id, "category_id": 1, "segmentation": rle(pred), "score": float(score)}
+                       for pred, score in zip(preds, image_scores)]
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        truth = COCO()
+        truth.dataset = {"images": records, "annotations": annotations, "categories": [{"id": 1, "name": "thing"}]}
+        truth.createIndex()
+        evaluation = COCOeval(truth, truth.loadRes(detections), "segm")
+        evaluation.params.iouThrs = np.array([0.5])
+        evaluation.params.maxDets = [max(len(preds) for preds, _, _ in images)]
+        evaluation.params.areaRng, evaluation.params.areaRngLbl = [[0.0, 1e10]], ["all"]
+        evaluation.evaluate()
+        evaluation.accumulate()
+    precision = evaluation.eval["precision"][0, :, 0, 0, -1]  # 101 recall levels, the one class, all areas
+    return round(float(precision.mean()), 10)  # COCOeval divides by tp + fp + eps: 1 comes back as 1 - 2e-16
 
 
 def confusion_rates(pred: Any, gt: Any) -> dict[str, float]:

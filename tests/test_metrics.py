@@ -229,3 +229,19 @@ def test_iou_matrix_one_convention_in_torch_and_numpy():
     assert torch.is_tensor(torch_result)
     np.testing.assert_allclose(torch_result.numpy(), expected, rtol=1e-6)
     assert iou(a[2], b[1]) == 1.0  # the per-pair metric says the same
+
+
+def test_ap50_is_cocoeval_with_empty_predicted_masks_and_no_empty_targets():
+    # COCOeval (pycocotools) is the code behind published AP numbers; samkit.metrics.ap50 calls it.
+    gt = np.zeros((2, 8, 8), bool)
+    gt[0, :4, :4], gt[1, 4:, 4:] = True, True
+    empty = np.zeros((8, 8), bool)
+    half = gt[0].copy()
+    half[:2] = False  # IoU 0.5 with gt 0: a hit at the threshold
+    preds = np.stack([empty, half, gt[1]])
+    # Ranked first, the empty mask is a false positive (IoU 0 with everything): precision (0, 1/2, 2/3)
+    # at recall (0, 1/2, 1); interpolated (the best precision at any recall >= r), 2/3 at every level.
+    assert ap50(preds, [0.9, 0.8, 0.7], gt) == pytest.approx(2 / 3)
+    assert ap50(preds, [0.1, 0.8, 0.7], gt) == 1.0  # ranked last it costs nothing
+    with pytest.raises(ValueError, match="gt_masks"):
+        ap50(preds, [0.9, 0.8, 0.7], np.stack([gt[0], empty]))  # an empty target is no instance

@@ -193,5 +193,52 @@ def test_bad_arguments_are_refused(monkeypatch):
         OpenWorld(train=SCENES, checkpoint="random", prompt_template="a crab")
     with pytest.raises(ValueError, match="positions: expected"):
         OpenWorld(train=SCENES, checkpoint="random", positions="learned")
+    with pytest.raises(ValueError, match="tie_breaker_init: expected"):
+        OpenWorld(train=SCENES, checkpoint="random", tie_breaker_init="zeros")
     with pytest.raises(ValueError, match="soft_prompt_layers: expected"):
         LanguageAdapter(TEXT_DIM, soft_prompt_layers=-1)
+
+
+def test_grid_tie_breakers_are_sams_click_tokens_and_their_control_keeps_only_the_norm(monkeypatch):
+    monkeypatch.setattr(openworld, "TextEncoder", FakeTextEncoder)
+    torch.manual_seed(0)
+    grid = OpenWorld(train=SCENES, checkpoint="random", num_queries=20, tie_breaker_init="grid")
+    frame = grid.sam_adapter.image_size
+    # K = 20: 4 rows x 5 columns, row by row; query 6 is row 1, column 1.
+    point = torch.tensor([[[1.5 * frame / 5, 1.5 * frame / 4]]])
+    click, _ = grid.sam_adapter.prompt_tokens(points=point, labels=torch.ones(1, 1))
+    assert torch.allclose(grid.adapter.tie_breakers[6], click[0, 0], atol=1e-5)
+    assert len({tuple(t.round(decimals=4).tolist()) for t in grid.adapter.tie_breakers}) == 20  # all distinct
+    control = OpenWorld(train=SCENES, checkpoint="random", num_queries=20, tie_breaker_init="random_norm")
+    its_grid = control.grid_click_tokens(20)  # (random TinySAM weights differ between the two instances)
+    assert torch.allclose(control.adapter.tie_breakers.norm(dim=1), its_grid.norm(dim=1), atol=1e-4)
+    cosine = torch.nn.functional.cosine_similarity(control.adapter.tie_breakers, its_grid, dim=1)
+    assert cosine.abs().max() < 0.5  # random directions, not the grid's
+    assert grid.adapter.tie_breakers.requires_grad  # still learned
+
+
+def test_recall_at_k_and_multi_instance_coverage_count_hits_of_the_raw_k_masks(method, monkeypatch):
+    # A stand-in model whose K = 3 masks per query are: the query's first instance, its second (or
+    # nothing), nothing. Scores are low, so the paper's 0.7 filter keeps none: recall@K must not care.
+    data = method.train_data
+
+    def predict(image, class_names):
+        sample = next(s for s in (data[i] for i in range(len(data))) if np.array_equal(s.image, image))
+        targets = openworld.class_targets(sample, openworld.stuff_classes_of(data))
+        outputs = []
+        for name in class_names:
+            truth = targets.get(name, np.zeros((0, *image.shape[:2]), bool))
+            masks = np.zeros((3, *image.shape[:2]), bool)
+            masks[:min(2, len(truth))] = truth[:2]
+            logits = torch.as_tensor(np.where(masks, 10.0, -10.0), dtype=torch.float32)
+            outputs.append(openworld.QueryOutput(name, logits, torch.full((3,), 0.1), 0.0))
+        return outputs
+
+    monkeypatch.setattr(method, "predict", predict)
+    result = method.evaluate_on(data, "oracle")
+    things = result.queries[result.queries["instances"] > 0]
+    assert (things["recalled_at_k"] == things["instances"].clip(upper=2)).all()
+    assert result.metrics["recall_at_k"] == pytest.approx(things["instances"].clip(upper=2).sum() / things["instances"].sum())
+    multi = things[things["instances"] >= 2]
+    assert len(multi) and result.metrics["multi_instance_coverage"] == 1.0
+    assert result.metrics["instance_recall"] == 0.0  # the score filter dropped every mask

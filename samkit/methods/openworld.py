@@ -376,6 +376,11 @@ class Evaluation:
 # The method the trainer runs
 
 POSITIONS = ("sine", "clicks")
+# How the tie-breakers t_i start: "random" (the paper: normals of std tie_breaker_std), "grid" (a declared
+# variant: SAM's own token for a positive click at each point of a rows x cols grid over the frame, so each
+# query starts out pointing somewhere), "random_norm" (its control: random directions, each of the norm of
+# the grid token it replaces: the same scale without the locations).
+TIE_BREAKER_INITS = ("random", "grid", "random_norm")
 
 
 @register_method("openworld")
@@ -389,6 +394,7 @@ class OpenWorld(Method):
     classes with probability proportional to their number of instances (more multi-instance
     queries per step). focal_weight / dice_weight / unmatched_weight: see `matched_mask_loss`
     (the paper's recipe, as in the authors' released config: focal_weight 20, the others 0).
+    tie_breaker_init: how the t_i start (`TIE_BREAKER_INITS`).
     score_threshold / nms_iou: instance inference (appendix A.2). positions: what the cross-attention
     keys carry about where an image cell is: "sine" (fixed 2-D sine positions) or "clicks" (the token
     SAM's prompt encoder makes for a click on that cell, added to keys and values).
@@ -404,7 +410,8 @@ class OpenWorld(Method):
                  projector_hidden: int | None = None, queries_per_image: int = 6, favour_multi_instance: bool = False,
                  focal_weight: float = 20.0, dice_weight: float = 0.0, unmatched_weight: float = 0.0,
                  focal_alpha: float = 0.25, focal_gamma: float = 2.0, score_threshold: float = 0.7,
-                 nms_iou: float = 0.5, positions: str = "sine", eval_limit: int | None = None,
+                 nms_iou: float = 0.5, positions: str = "sine", tie_breaker_init: str = "random",
+                 eval_limit: int | None = None,
                  disk_cache: bool = True, embeddings_in_memory: int = 4096, device: torch.device | str = "cpu"):
         super().__init__()
         if not isinstance(prompt_template, str) or "{}" not in prompt_template:
@@ -413,6 +420,8 @@ class OpenWorld(Method):
             raise bad_argument("queries_per_image", "a positive int", queries_per_image)
         if positions not in POSITIONS:
             raise bad_argument("positions", f"one of {POSITIONS}", positions)
+        if tie_breaker_init not in TIE_BREAKER_INITS:
+            raise bad_argument("tie_breaker_init", f"one of {TIE_BREAKER_INITS}", tie_breaker_init)
         self.sam_adapter: SamAdapter = load_model(model, checkpoint=checkpoint, device=device)
         self.sam = self.sam_adapter.module  # registered (moves with .to), frozen
         self.sam.requires_grad_(False)
@@ -423,6 +432,13 @@ class OpenWorld(Method):
             self.text.dim, self.sam_adapter.token_dim, num_queries, projector_hidden, tie_breakers,
             tie_breaker_std, soft_prompt_layers, cross_attention, heads, mlp_dim, dropout,
             positions_in_values=positions == "clicks")
+        if tie_breakers and tie_breaker_init != "random":
+            with torch.no_grad():
+                grid = self.grid_click_tokens(num_queries)
+                if tie_breaker_init == "random_norm":
+                    directions = torch.randn_like(grid)
+                    grid = directions / directions.norm(dim=1, keepdim=True) * grid.norm(dim=1, keepdim=True)
+                self.adapter.tie_breakers.copy_(grid)
         # Frozen encoder: each image is encoded once, then read from memory or disk (`samkit.cache`).
         self.encoder = CachedEncoder(self.sam_adapter, disk_cache=disk_cache, memory_items=embeddings_in_memory)
         self.train_data = build_dataset(train, "train")
@@ -477,6 +493,19 @@ class OpenWorld(Method):
             sparse, _ = self.sam_adapter.prompt_tokens(points=points, labels=torch.ones(len(points), 1))
             self._click_grid[(height, width)] = sparse[:, 0].detach()  # token 0: the click itself
         return self._click_grid[(height, width)]
+
+    @torch.no_grad()
+    def grid_click_tokens(self, count: int) -> torch.Tensor:
+        """(count, 256): SAM's token for a positive click at each point of a rows x cols grid over the
+        input frame (rows the largest divisor of count up to its square root: 4 x 5 for K = 20), row by row."""
+        rows = max(d for d in range(1, int(math.isqrt(count)) + 1) if count % d == 0)
+        cols = count // rows
+        frame = self.sam_adapter.image_size
+        ys, xs = torch.meshgrid((torch.arange(rows) + 0.5) * frame / rows, (torch.arange(cols) + 0.5) * frame / cols,
+                                indexing="ij")
+        points = torch.stack([xs, ys], dim=-1).reshape(-1, 1, 2)
+        sparse, _ = self.sam_adapter.prompt_tokens(points=points, labels=torch.ones(len(points), 1))
+        return sparse[:, 0].detach()  # token 0: the click itself
 
     def decode_queries(self, embedding: ImageEmbedding, rows: Sequence[int],
                        tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -541,7 +570,9 @@ class OpenWorld(Method):
         for classes the image lacks): "kept" by the paper's rule (score >= score_threshold, then
         NMS); the same keys ending in `_nms_only` skip the score filter (NMS alone), which separates
         the masks' quality from the frozen IoU head's scores. distinct_masks: mean number of
-        differing masks among the K, over multi-instance queries. miou: semantic mIoU of the
+        differing masks among the K, over multi-instance queries. recall_at_k: instances that any of
+        the K raw masks hits at IoU >= 0.5 (no score involved); multi_instance_coverage: share of
+        multi-instance queries whose K masks hit >= 2 distinct instances. miou: semantic mIoU of the
         score-weighted merge over every asked class (stuff included). stuff_as_things: share of the
         stuff pixels that the merge gives to a thing class (stray thing masks taking background).
         """
@@ -566,7 +597,9 @@ class OpenWorld(Method):
                 absent = np.zeros((0, *masks.shape[1:]), bool)
                 truth = torch.as_tensor(targets.get(output.class_name, absent), device=masks.device)
                 row = {"image": index, "class_name": output.class_name, "instances": len(truth),
-                       "distinct": distinct_masks(masks), "best_score": float(scores.max())}
+                       "distinct": distinct_masks(masks), "best_score": float(scores.max()),
+                       # recall@K: instances that any of the K raw masks hits at IoU >= 0.5 (no score, no NMS)
+                       "recalled_at_k": int((iou_matrix(truth, masks) >= 0.5).any(1).sum()) if len(truth) else 0}
                 for rule, threshold in rules.items():
                     kept = select_instances(masks, scores, threshold, self.nms_iou)
                     hits = iou_matrix(truth, masks[kept]) >= 0.5 if len(truth) and len(kept) else None
@@ -578,15 +611,18 @@ class OpenWorld(Method):
             probabilities = torch.stack([class_probability(o.logits, o.scores) for o in outputs])
             pred_maps.append(semantic_merge(probabilities, [vocabulary.index(n) for n in names]))
             truth_maps.append(np.asarray(sample.semantic, dtype=np.int64))
-        columns = ["image", "class_name", "instances", "distinct", "best_score"] + \
+        columns = ["image", "class_name", "instances", "distinct", "best_score", "recalled_at_k"] + \
             [f"{name}{rule}" for rule in rules for name in ("recalled", "kept")]
         table = pd.DataFrame(rows, columns=columns)
         metrics = {}
         for rule in rules:
             metrics.update({f"{key}{rule}": value for key, value in
                             instance_metrics(table, *collected[rule], suffix=rule).items()})
-        metrics["distinct_masks"] = float(table.loc[table["instances"] >= 2, "distinct"].mean()) \
-            if (table["instances"] >= 2).any() else float("nan")
+        multi, present = table[table["instances"] >= 2], table[table["instances"] > 0]
+        metrics["distinct_masks"] = float(multi["distinct"].mean()) if len(multi) else float("nan")
+        metrics["recall_at_k"] = float(present["recalled_at_k"].sum() / present["instances"].sum()) \
+            if len(present) else float("nan")
+        metrics["multi_instance_coverage"] = float((multi["recalled_at_k"] >= 2).mean()) if len(multi) else float("nan")
         metrics["miou"] = semantic_metric(pred_maps, truth_maps, vocabulary)
         metrics["stuff_as_things"] = stuff_taken_by_things(pred_maps, truth_maps, vocabulary, stuff)
         return Evaluation(metrics, table)
@@ -642,7 +678,8 @@ def semantic_metric(pred_maps: list[np.ndarray], truth_maps: list[np.ndarray], v
                          np.concatenate([m.ravel() for m in truth_maps]), len(vocabulary), ignore)
 
 
-__all__ = ["Evaluation", "LanguageAdapter", "OpenWorld", "QueryOutput", "SoftPromptLayer", "class_probability",
+__all__ = ["TIE_BREAKER_INITS", "Evaluation", "LanguageAdapter", "OpenWorld", "QueryOutput", "SoftPromptLayer",
+           "class_probability",
            "class_targets", "distinct_masks", "hungarian_match", "instance_metrics", "mask_nms",
            "matched_mask_loss", "pairwise_dice_cost", "pairwise_focal_cost", "select_instances", "semantic_merge",
            "semantic_metric", "stuff_classes_of", "stuff_taken_by_things", "thing_classes_of",
