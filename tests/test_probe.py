@@ -513,5 +513,5 @@ def test_a_class_name_without_a_text_model_is_a_clear_error(probe):
     assert probe.view["name"] == {"available": False, "name": None}
     with pytest.raises(ValueError, match="text_model"):
         probe.prompt_name("crab")
-    with pytest.raises(ValueError, match="model"):
+    with pytest.raises(ValueError, match="text_model: expected a model that segments by class name"):
         PromptProbe(probe.predictor, probe.image, text_model=probe.predictor.model)  # segments by clicks only

@@ -95,11 +95,12 @@ class TextTinySam:
         return self.segment(image, class_names or self.class_names).argmax(0)
 
 
-def from_adapter(model: SamAdapter) -> TextTinySam:
-    """The TextTinySam around the adapter `load_model("text_tinysam")` returns."""
+def from_adapter(model: SamAdapter, argument: str = "model") -> TextTinySam:
+    """The TextTinySam around the adapter `load_model("text_tinysam")` returns (`argument`: the
+    caller's name for `model`, for the error)."""
     text = getattr(model, "text_prompts", None)
     if not isinstance(model, SamAdapter) or text is None:
-        raise bad_argument("model", "a model that segments by class name, e.g. load_model('text_tinysam')", model)
+        raise bad_argument(argument, "a model that segments by class name, e.g. load_model('text_tinysam')", model)
     return TextTinySam(model, text, getattr(model, "class_names", ()), getattr(model, "rare_classes", ()),
                        getattr(model, "spatial_points", 16))
 

@@ -90,7 +90,7 @@ class PromptProbe(anywidget.AnyWidget):
     drag = box, a click on a point removes it; keys z/y undo/redo, c clear, m multimask,
     f feed mask, x remove box, 1-4 show a candidate, s save variant (with the widget focused).
     With a `text_model` (`load_model("text_tinysam")`), a class name typed in the widget is a
-    prompt too: its mask is drawn over the image beside the clicks' answer.
+    prompt too: where the name outscores the model's other names is drawn beside the clicks' answer.
     From Python: `click`, `drag_box`, `undo`, `redo`, `clear`, `set_options`, `save_variant`,
     `export_json` / `import_json`, `python_code`, `jitter_spread`, `prompt_name`.
     """
@@ -113,7 +113,7 @@ class PromptProbe(anywidget.AnyWidget):
         super().__init__()
         self.predictor = _as_predictor(model_or_predictor)
         # A model that segments by class name: its own Predictor caches its embedding of the image.
-        self.text_model: TextTinySam | None = None if text_model is None else from_adapter(text_model)
+        self.text_model: TextTinySam | None = None if text_model is None else from_adapter(text_model, "text_model")
         self.text_predictor = None if text_model is None else Predictor(text_model)
         self.name: str | None = None
         self.name_result: np.ndarray | None = None  # (H, W) bool: the name's mask
