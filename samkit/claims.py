@@ -39,10 +39,17 @@ def verdict(effect: bool | None, control_shows_it: bool | None) -> str:
     return "partly" if effect is not False else "not"
 
 
+def described(effect: Mapping[str, Any], sign: int = 1) -> str:
+    """What one effect shows, in the words of the verdict rule (for a claims table's "why")."""
+    found = holds(effect, sign)
+    return ("holds, interval excludes 0" if found is True else
+            "paper's direction, interval includes 0" if found is None else "not in the paper's direction")
+
+
 def points(effect: Mapping[str, Any], scale: float = 100.0, digits: int = 1) -> str:
     """'+3.1 ± 0.4': a summary's mean and interval, in points of 100 by default."""
     mean = f"{scale * effect['mean']:+.{digits}f}"
     return mean if effect["ci95"] is None else f"{mean} ± {scale * effect['ci95']:.{digits}f}"
 
 
-__all__ = ["VERDICTS", "both", "holds", "points", "verdict"]
+__all__ = ["VERDICTS", "both", "described", "holds", "points", "verdict"]

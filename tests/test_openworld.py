@@ -130,7 +130,7 @@ def test_only_adapter_parameters_receive_gradients(method):
     assert all(p.grad.abs().sum() > 0 for p in moving)
 
 
-def test_one_decoder_call_per_batch_and_one_encoder_run_per_image(method, monkeypatch):
+def test_two_decoder_calls_per_batch_and_one_encoder_run_per_image(method, monkeypatch):
     calls = []
     decode = method.sam_adapter.decode
 
@@ -142,9 +142,11 @@ def test_one_decoder_call_per_batch_and_one_encoder_run_per_image(method, monkey
     rng = np.random.default_rng(0)
     batch = [method.train_sample(0, rng), method.train_sample(1, rng)]
     queries = sum(len(sample["classes"]) for sample in batch)
+    targets = sum(min(6, len(masks)) for sample in batch for masks in sample["masks"])
     method(batch)
     method(batch)  # the second pass reads the cached embeddings
-    assert calls == [(queries * 6, 1, 256)] * 2  # all K queries of all class queries at once
+    # All K queries of all class queries at once (matching), then the matched ones (the loss).
+    assert calls == [(queries * 6, 1, 256), (targets, 1, 256)] * 2
     assert method.encoder.encoder_calls == 2
 
 
@@ -242,3 +244,61 @@ def test_recall_at_k_and_multi_instance_coverage_count_hits_of_the_raw_k_masks(m
     multi = things[things["instances"] >= 2]
     assert len(multi) and result.metrics["multi_instance_coverage"] == 1.0
     assert result.metrics["instance_recall"] == 0.0  # the score filter dropped every mask
+
+
+# ---- the two-pass training step -------------------------------------------------------------------
+
+def _one_pass_loss(method, batch):
+    """The step's loss the plain way: all K x Q queries decoded with gradients, matched, then the loss."""
+    embedding = method.encoder.embed([sample["image"] for sample in batch])[0]
+    rows = [b for b, sample in enumerate(batch) for _ in sample["classes"]]
+    names = [name for sample in batch for name in sample["classes"]]
+    low_res, _ = method.decode_queries(embedding, rows, method.query_tokens(embedding, rows, names))
+    losses = [[] for _ in batch]
+    for query, (row, masks) in enumerate(zip(rows, [m for sample in batch for m in sample["masks"]])):
+        goal = low_res_targets(masks, embedding.input_sizes[row], method.sam_adapter.image_size,
+                               low_res.shape[-2:], low_res.device)
+        losses[row].append(matched_mask_loss(low_res[query], goal, **method.loss_weights)[0])
+    return sum(torch.stack(per_sample).mean() for per_sample in losses) / len(batch)
+
+
+@pytest.mark.parametrize("tie_breakers, layers", [(True, 0), (True, 2), (False, 0)])
+def test_the_two_pass_step_gives_the_one_pass_loss_and_gradient(monkeypatch, tie_breakers, layers):
+    # The step decodes all queries without gradients to match them, then only the matched ones with
+    # gradients: the same loss and the same gradient as decoding everything with gradients.
+    monkeypatch.setattr(openworld, "TextEncoder", FakeTextEncoder)
+    torch.manual_seed(0)
+    method = OpenWorld(train=SCENES, checkpoint="random", num_queries=6, queries_per_image=2, dropout=0.0,
+                       tie_breakers=tie_breakers, soft_prompt_layers=layers, dice_weight=1.0)
+    for parameter in method.adapter.parameters():  # away from the zero-initialised residual branches
+        torch.nn.init.normal_(parameter, std=0.05) if parameter.ndim > 1 else None
+    rng = np.random.default_rng(0)
+    batch = [method.train_sample(0, rng), method.train_sample(1, rng)]
+    assert sum(len(m) for sample in batch for m in sample["masks"]) < 2 * 6  # fewer matched than decoded
+    loss, _ = method(batch)
+    loss.backward()
+    two_pass = {name: p.grad.clone() for name, p in method.adapter.named_parameters() if p.grad is not None}
+    method.zero_grad()
+    reference = _one_pass_loss(method, batch)
+    reference.backward()
+    assert float(loss.detach()) == pytest.approx(float(reference.detach()), rel=1e-4)
+    assert two_pass.keys() == {name for name, p in method.adapter.named_parameters() if p.grad is not None}
+    for name, parameter in method.adapter.named_parameters():
+        if parameter.grad is not None:
+            torch.testing.assert_close(two_pass[name], parameter.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+def test_unmatched_weight_trains_the_unmatched_queries_towards_empty(monkeypatch):
+    monkeypatch.setattr(openworld, "TextEncoder", FakeTextEncoder)
+    torch.manual_seed(0)
+    kwargs = dict(train=SCENES, checkpoint="random", num_queries=6, queries_per_image=1, soft_prompt_layers=0)
+    batch = [OpenWorld(**kwargs).train_sample(0, np.random.default_rng(0))]
+    losses = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        method = OpenWorld(**kwargs, unmatched_weight=weight)
+        losses[weight] = float(method(batch)[0])
+    assert losses[1.0] > losses[0.0]  # the free queries' masks are not empty, so they add a loss
+    with pytest.raises(ValueError, match="unmatched_weight"):
+        matched_mask_loss(torch.zeros(1, 4, 4), torch.ones(1, 4, 4), unmatched_weight=1.0,
+                          assignment=(np.array([0]), np.array([0])))

@@ -185,6 +185,8 @@ def test_other_sizes(size):
     ({"seed": -1}, "seed"),
     ({"size": 8}, "size"),
     ({"size": True}, "size"),
+    ({"multi_instance": 1.5}, "multi_instance"),
+    ({"multi_instance": True}, "multi_instance"),
 ])
 def test_bad_arguments_name_the_argument(kwargs, argument):
     # "<argument>: expected <what>, got <what came>"
@@ -195,3 +197,14 @@ def test_bad_arguments_name_the_argument(kwargs, argument):
 
 def test_scenes_per_second_reports_a_rate():
     assert shapescenes.scenes_per_second(n=3, size=SIZE) > 0
+
+
+def test_multi_instance_sets_the_share_of_scenes_with_copies_of_one_class():
+    def with_copies(data):  # scenes where some class has >= 2 instances
+        return sum(max(Counter(scene.instance_classes.tolist()).values()) >= 2 for scene in data)
+
+    default, explicit = ShapeScenes(n=40, seed=5), ShapeScenes(n=40, seed=5, multi_instance=0.3)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(default, explicit))  # the default is 0.3
+    assert repr(default) == repr(explicit) and "multi_instance" in repr(ShapeScenes(multi_instance=0.9))
+    assert with_copies(ShapeScenes(n=40, seed=5, multi_instance=1.0)) == 40
+    assert with_copies(ShapeScenes(n=40, seed=5, multi_instance=1.0)) > with_copies(default)

@@ -323,10 +323,13 @@ class ShapeScenes(Sequence):
       size: side of the square images in pixels.
       style: None, or "ocean" for a domain shift (dark, blue-green cast, low
         contrast, uneven light, noise), the analogue of CPC-SAM's OceanCOCO.
+      multi_instance: share of scenes drawn with 2-4 copies of one class (the several
+        instances of one name that OpenWorldSAM's tie-breakers are for); default 0.3.
     """
 
     def __init__(self, split: str = "train", classes: str = "base", n: int = 1000,
-                 seed: int = 0, size: int = 256, style: str | None = None) -> None:
+                 seed: int = 0, size: int = 256, style: str | None = None,
+                 multi_instance: float = MULTI_INSTANCE_PROBABILITY) -> None:
         if split not in SPLITS:
             raise bad_argument("split", f"one of {SPLITS}", split)
         if classes not in CLASS_SETS:
@@ -339,6 +342,10 @@ class ShapeScenes(Sequence):
             raise bad_argument("seed", "a non-negative int", seed)
         if not _is_int(size) or not 32 <= size <= 2048:
             raise bad_argument("size", "an int in [32, 2048]", size)
+        if isinstance(multi_instance, bool) or not isinstance(multi_instance, (int, float)) \
+                or not 0.0 <= multi_instance <= 1.0:
+            raise bad_argument("multi_instance", "a probability in [0, 1]", multi_instance)
+        self.multi_instance = float(multi_instance)
         self.split, self.classes, self.n = split, classes, int(n)
         self.seed, self.size, self.style = int(seed), int(size), style
         names = {"base": BASE_CLASSES, "novel": NOVEL_CLASSES, "all": ENTITY_CLASSES}[classes]
@@ -370,8 +377,9 @@ class ShapeScenes(Sequence):
         return self._draw_scene(rng, index)
 
     def __repr__(self) -> str:
+        extra = "" if self.multi_instance == MULTI_INSTANCE_PROBABILITY else f", multi_instance={self.multi_instance}"
         return (f"ShapeScenes(split={self.split!r}, classes={self.classes!r}, n={self.n}, "
-                f"seed={self.seed}, size={self.size}, style={self.style!r})")
+                f"seed={self.seed}, size={self.size}, style={self.style!r}{extra})")
 
     # -- drawing ---------------------------------------------------------------------
 
@@ -473,7 +481,7 @@ class ShapeScenes(Sequence):
 
     def _pick_classes(self, rng: np.random.Generator) -> list[int]:
         pool = self._class_ids
-        if rng.random() < MULTI_INSTANCE_PROBABILITY:
+        if rng.random() < self.multi_instance:
             copies = int(rng.integers(2, 5))
             others = int(rng.integers(0, MAX_ENTITIES - copies + 1))
             picked = [int(rng.choice(pool))] * copies + [int(c) for c in rng.choice(pool, others)]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +130,8 @@ class LanguageAdapter(nn.Module):
                                                     positions_in_values)
                                     for _ in range(soft_prompt_layers))
         self.reads_image = soft_prompt_layers > 0 and cross_attention
+        # Without tie-breakers or layers the K queries are one vector K times (E1).
+        self.distinct_queries = tie_breakers or soft_prompt_layers > 0
         # The frozen encoder's features have their own scale (SAM2's differ from TinySAM's): normalise them.
         self.norm_memory = nn.LayerNorm(token_dim) if self.reads_image else None
 
@@ -197,25 +200,43 @@ def hungarian_match(cost: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.nda
     return rows, cols
 
 
+def match_predictions(logits: torch.Tensor, targets: torch.Tensor, focal_weight: float = 20.0, alpha: float = 0.25,
+                      gamma: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Hungarian matching of K mask logits (K, h, w) to G targets (G, h, w): (rows, cols), min(K, G) pairs.
+
+    Cost = focal_weight * focal + dice (the dice cost always helps the matching pick whole instances).
+    """
+    with torch.no_grad():
+        flat_logits, flat_targets = logits.flatten(1).float(), targets.flatten(1).float()
+        cost = focal_weight * pairwise_focal_cost(flat_logits, flat_targets, alpha, gamma) \
+            + pairwise_dice_cost(flat_logits, flat_targets)
+    return hungarian_match(cost)
+
+
 def matched_mask_loss(logits: torch.Tensor, targets: torch.Tensor, focal_weight: float = 20.0,
                       dice_weight: float = 0.0, unmatched_weight: float = 0.0, alpha: float = 0.25,
-                      gamma: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
+                      gamma: float = 2.0, assignment: tuple[np.ndarray, np.ndarray] | None = None
+                      ) -> tuple[torch.Tensor, dict[str, float]]:
     """The loss of one class query: its K mask logits (K, h, w) against its G targets (G, h, w).
 
-    Matching cost = focal_weight * focal + dice (the dice cost always helps the matching pick
-    whole instances); loss = focal_weight * focal + dice_weight * dice over matched pairs, plus
+    loss = focal_weight * focal + dice_weight * dice over the pairs of `match_predictions`, plus
     unmatched_weight * focal towards an empty mask for the K - G unmatched predictions (0 in the
     paper, which leaves them free; the 0.7 score threshold must then drop them).
+    assignment: (rows, cols) already matched, with `logits` holding only the matched rows, in
+    that order (then unmatched_weight must be 0): the two-pass training step of `OpenWorld.forward`.
     """
     flat_logits = logits.flatten(1).float()
     flat_targets = targets.flatten(1).float()
-    with torch.no_grad():
-        cost = focal_weight * pairwise_focal_cost(flat_logits, flat_targets, alpha, gamma) \
-            + pairwise_dice_cost(flat_logits, flat_targets)
-    rows, cols = hungarian_match(cost)
-    rows_t = torch.as_tensor(rows, device=logits.device, dtype=torch.long)
+    if assignment is None:
+        rows, cols = match_predictions(logits, targets, focal_weight, alpha, gamma)
+        matched_rows = torch.as_tensor(rows, device=logits.device, dtype=torch.long)
+    else:
+        if unmatched_weight:
+            raise bad_argument("unmatched_weight", "0 when the logits of the matched rows come alone", unmatched_weight)
+        rows, cols = assignment
+        matched_rows = torch.arange(len(rows), device=logits.device)
     cols_t = torch.as_tensor(cols, device=logits.device, dtype=torch.long)
-    matched, goal = flat_logits[rows_t], flat_targets[cols_t]
+    matched, goal = flat_logits[matched_rows], flat_targets[cols_t]
     focal = sigmoid_focal_loss(matched, goal, alpha=alpha, gamma=gamma, reduction="none").mean(1)
     loss = focal_weight * focal.mean()
     logs = {"focal": float(focal.mean().detach())}
@@ -225,7 +246,7 @@ def matched_mask_loss(logits: torch.Tensor, targets: torch.Tensor, focal_weight:
         logs["dice"] = float(dice.mean().detach())
     if unmatched_weight and len(rows) < len(flat_logits):
         free = torch.ones(len(flat_logits), dtype=torch.bool, device=logits.device)
-        free[rows_t] = False
+        free[matched_rows] = False
         empty = sigmoid_focal_loss(flat_logits[free], torch.zeros_like(flat_logits[free]),
                                    alpha=alpha, gamma=gamma, reduction="mean")
         loss = loss + unmatched_weight * focal_weight * empty
@@ -365,11 +386,29 @@ class QueryOutput:
 
 
 @dataclass
+class Detections:
+    """The instance candidates of the thing queries of an evaluation, one entry per query (the rows of
+    `Evaluation.queries`, in order): the non-empty masks that survive NMS alone (no score filter),
+    their scores, and the query's ground-truth instances. A score threshold applied afterwards keeps
+    what the paper's rule (threshold, then NMS) keeps: a mask is only ever suppressed by a
+    higher-scoring one."""
+
+    masks: list[np.ndarray]   # (N_q, H, W) bool
+    scores: list[np.ndarray]  # (N_q,) float
+    truths: list[np.ndarray]  # (G_q, H, W) bool
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclass
 class Evaluation:
-    """Metrics over a data set, and one row per (image, class query) behind them."""
+    """Metrics over a data set, one row per (image, class query) behind them, and the thing
+    queries' candidates (`Detections`) for score-free analyses (threshold sweeps, calibration)."""
 
     metrics: dict[str, float]
     queries: pd.DataFrame
+    detections: Detections
 
 
 # ---------------------------------------------------------------------------------------
@@ -507,36 +546,59 @@ class OpenWorld(Method):
         sparse, _ = self.sam_adapter.prompt_tokens(points=points, labels=torch.ones(len(points), 1))
         return sparse[:, 0].detach()  # token 0: the click itself
 
+    def decode_tokens(self, embedding: ImageEmbedding, image_rows: Sequence[int],
+                      tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ONE decoder call: token n (N, C) as a one-token prompt on image image_rows[n] of `embedding`
+        -> (N, h, w) low-res logits and (N,) scores (SAM's single-mask output). Prompts on a single
+        image share its embedding, which the decoder's shared-image path exploits."""
+        image = embedding if len(embedding) == 1 else embedding.select(list(image_rows))
+        low_res, scores = self.sam_adapter.decode(image, tokens[:, None, :], multimask=False)
+        return low_res[:, 0], scores[:, 0]
+
     def decode_queries(self, embedding: ImageEmbedding, rows: Sequence[int],
                        tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ONE decoder call for all K queries of every class query: (Q, K, h, w) logits, (Q, K) scores.
-
-        Each q'_i is one sparse prompt token (SAM's single-mask output). All queries on a single
-        image share that image's embedding, which the decoder's shared-image path exploits.
-        """
-        queries, k, channels = tokens.shape
-        sparse = tokens.reshape(queries * k, 1, channels)
-        if len(embedding) == 1:
-            image = embedding
-        else:
-            image = embedding.select([row for row in rows for _ in range(k)])
-        low_res, scores = self.sam_adapter.decode(image, sparse, multimask=False)
+        """All K queries of every class query j (on image rows[j]) in one decoder call: (Q, K, h, w)
+        logits, (Q, K) scores. Without tie-breakers and soft-prompt layers (E1) the K queries are
+        one vector K times: it is decoded once and its mask repeated (the same numbers, 1/K the work)."""
+        queries, k, _ = tokens.shape
+        if not self.adapter.distinct_queries:
+            low_res, scores = self.decode_tokens(embedding, rows, tokens[:, 0])
+            return (low_res[:, None].expand(-1, k, -1, -1), scores[:, None].expand(-1, k))
+        low_res, scores = self.decode_tokens(embedding, [row for row in rows for _ in range(k)], tokens.flatten(0, 1))
         return low_res.reshape(queries, k, *low_res.shape[-2:]), scores.reshape(queries, k)
 
     def forward(self, batch: list[dict[str, Any]]) -> tuple[torch.Tensor, dict[str, float]]:
-        """The mean over samples of each sample's mean class-query loss."""
+        """The mean over samples of each sample's mean class-query loss.
+
+        With unmatched_weight 0 (the paper) only the matched predictions carry a loss, so the step
+        runs in two passes with the same tokens: all K x Q queries decoded without gradients for the
+        Hungarian matching, then only the matched ones (G per query, often 1-3 of K = 20) decoded
+        again with gradients. The loss and its gradient are those of one pass, at a fraction of the
+        backward work through SAM's decoder.
+        """
         embedding = self.encoder.embed([sample["image"] for sample in batch])[0]
         rows = [b for b, sample in enumerate(batch) for _ in sample["classes"]]
         names = [name for sample in batch for name in sample["classes"]]
+        targets = [masks for sample in batch for masks in sample["masks"]]
         tokens = self.query_tokens(embedding, rows, names)
-        low_res, _ = self.decode_queries(embedding, rows, tokens)
+        two_pass = not self.loss_weights["unmatched_weight"]
+        with torch.no_grad() if two_pass else nullcontext():
+            low_res, _ = self.decode_queries(embedding, rows, tokens.detach() if two_pass else tokens)
+        goals = [low_res_targets(masks, embedding.input_sizes[row], self.sam_adapter.image_size,
+                                 low_res.shape[-2:], low_res.device) for row, masks in zip(rows, targets)]
+        matching = {key: self.loss_weights[key] for key in ("focal_weight", "alpha", "gamma")}
+        assignments = [match_predictions(low_res[query], goal, **matching) if two_pass else None
+                       for query, goal in enumerate(goals)]
+        if two_pass:  # the matched tokens of every query, in one decoder call with gradients
+            picked = torch.cat([tokens[query, torch.as_tensor(matched)] for query, (matched, _) in enumerate(assignments)])
+            image_rows = [row for row, (matched, _) in zip(rows, assignments) for _ in matched]
+            matched_logits = self.decode_tokens(embedding, image_rows, picked)[0].split(
+                [len(matched) for matched, _ in assignments])
         losses = [[] for _ in batch]
         logs: dict[str, float] = {}
-        targets = [masks for sample in batch for masks in sample["masks"]]
-        for query, (row, masks) in enumerate(zip(rows, targets)):
-            goal = low_res_targets(masks, embedding.input_sizes[row], self.sam_adapter.image_size,
-                                   low_res.shape[-2:], low_res.device)
-            loss, parts = matched_mask_loss(low_res[query], goal, **self.loss_weights)
+        for query, (row, goal) in enumerate(zip(rows, goals)):
+            logits = matched_logits[query] if two_pass else low_res[query]
+            loss, parts = matched_mask_loss(logits, goal, **self.loss_weights, assignment=assignments[query])
             losses[row].append(loss)
             for key, value in parts.items():
                 logs[key] = logs.get(key, 0.0) + value / len(rows)
@@ -625,7 +687,7 @@ class OpenWorld(Method):
         metrics["multi_instance_coverage"] = float((multi["recalled_at_k"] >= 2).mean()) if len(multi) else float("nan")
         metrics["miou"] = semantic_metric(pred_maps, truth_maps, vocabulary)
         metrics["stuff_as_things"] = stuff_taken_by_things(pred_maps, truth_maps, vocabulary, stuff)
-        return Evaluation(metrics, table)
+        return Evaluation(metrics, table, Detections(*collected["_nms_only"]))
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -678,9 +740,9 @@ def semantic_metric(pred_maps: list[np.ndarray], truth_maps: list[np.ndarray], v
                          np.concatenate([m.ravel() for m in truth_maps]), len(vocabulary), ignore)
 
 
-__all__ = ["TIE_BREAKER_INITS", "Evaluation", "LanguageAdapter", "OpenWorld", "QueryOutput", "SoftPromptLayer",
+__all__ = ["TIE_BREAKER_INITS", "Detections", "Evaluation", "LanguageAdapter", "OpenWorld", "QueryOutput", "SoftPromptLayer",
            "class_probability",
            "class_targets", "distinct_masks", "hungarian_match", "instance_metrics", "mask_nms",
-           "matched_mask_loss", "pairwise_dice_cost", "pairwise_focal_cost", "select_instances", "semantic_merge",
+           "match_predictions", "matched_mask_loss", "pairwise_dice_cost", "pairwise_focal_cost", "select_instances", "semantic_merge",
            "semantic_metric", "stuff_classes_of", "stuff_taken_by_things", "thing_classes_of",
            "vocabulary_of"]
