@@ -59,6 +59,7 @@ def test_isotonic_calibration_maps_scores_to_the_hit_rate_and_keeps_the_ranking(
     # Every hit scores below every stray, so the fitted hit rate cannot rise with the score: isotonic
     # regression pools everything into one step at the base rate, 1/2 (ties broken by the raw score).
     np.testing.assert_allclose(calibrated, 0.5, atol=1e-5)
+    assert calibration.best_hit_rate == pytest.approx(0.5)
     assert calibration.positives == queries and calibration.candidates == 2 * queries
     # Held-out candidates with a useful score: hits high, strays low -> a threshold of 0.5 drops the strays.
     good = [np.array([rng.uniform(0.6, 0.7), rng.uniform(0.1, 0.2)]) for _ in range(queries)]

@@ -186,6 +186,17 @@ def test_load_weights_puts_a_checkpoint_into_a_fresh_method(tmp_path):
     assert all(torch.equal(value, saved[name]) for name, value in trainable_weights(method).items())
 
 
+def test_resume_reads_a_finished_run_back_and_refuses_another_config(tmp_path):
+    config = tiny_config(tmp_path, epochs=1, eval_every=0)
+    history = fit(load_config(config))
+    weights = final_weights(tmp_path)
+    again = fit(load_config({**config, "progress": True}), resume=True)  # how it is watched may change
+    pd.testing.assert_frame_equal(again, history)
+    assert all(torch.equal(value, final_weights(tmp_path)[name]) for name, value in weights.items())  # nothing trained
+    with pytest.raises(ValueError, match=r"resume: expected the config that trained .*lr"):
+        fit(load_config({**config, "lr": 1e-2}), resume=True)
+
+
 def test_resume_after_sigkill_in_mid_epoch_ends_where_an_uninterrupted_run_ends(tmp_path):
     # 3 epochs of 4 steps (16 samples, batch 4); a checkpoint every step.
     changes = dict(epochs=3, eval_every=0, checkpoint_every=1)

@@ -95,6 +95,14 @@ class ScoreCalibration:
         self.fitted, self.positives, self.candidates = True, int(hits.sum()), int(scores.size)
         return self
 
+    @property
+    def best_hit_rate(self) -> float:
+        """The highest chance of a true positive that any raw score maps to: below 0.5, no score
+        says "more likely a hit than not", and a calibrated threshold of 0.5 keeps nothing."""
+        if not self.fitted:
+            raise RuntimeError("ScoreCalibration: call fit(detections) first")
+        return float(np.max(self.model.y_thresholds_))
+
     def __call__(self, scores: np.ndarray) -> np.ndarray:
         if not self.fitted:
             raise RuntimeError("ScoreCalibration: call fit(detections) first")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -86,6 +87,21 @@ def _step_indices(order: np.ndarray, step: int, config: TrainConfig, processes: 
             for a in range(config.grad_accum)]
 
 
+# Settings that change how a run is watched or where it runs, not what it computes.
+_RESUMABLE_CHANGES = ("device", "progress", "tensorboard", "num_workers", "checkpoint_every")
+
+
+def _check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint that another config trained (its weights would not be this run's)."""
+    normal = lambda config: json.loads(json.dumps({k: v for k, v in config.items() if k not in _RESUMABLE_CHANGES},
+                                                  sort_keys=True, default=str))  # noqa: E731
+    before, now = normal(saved), normal(current)
+    changed = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    if changed:
+        raise ValueError(f"resume: expected the config that trained {path}, got other values for {', '.join(changed)} "
+                         f"(start a new run_dir, or resume=False to start over)")
+
+
 def _write_history(out: Path, history: list[dict[str, Any]]) -> None:
     columns = list(dict.fromkeys(key for row in history for key in row))
     text = io.StringIO()
@@ -143,7 +159,10 @@ def fit(config: TrainConfig | str | dict, overrides: list[str] | None = None, re
         scheduler.load_state_dict(checkpoint.scheduler)
         restore_rng(checkpoint.rng)
         position = checkpoint.trainer
-        if processes.is_main:
+        _check_same_run(position.get("config", {}), config.to_dict(), last_path)
+        if processes.is_main and position["epoch"] >= config.epochs:
+            print(f"{out}: finished ({position['epoch']} epochs); its history is read back, nothing trains")
+        elif processes.is_main:
             print(f"resuming {out} at epoch {position['epoch'] + 1}, step {position['step']}/{steps_per_epoch}")
     elif resume and processes.is_main:
         print(f"resume: no checkpoint at {last_path}; starting a new run")
