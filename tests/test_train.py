@@ -195,6 +195,8 @@ def test_resume_reads_a_finished_run_back_and_refuses_another_config(tmp_path):
     assert all(torch.equal(value, final_weights(tmp_path)[name]) for name, value in weights.items())  # nothing trained
     with pytest.raises(ValueError, match=r"resume: expected the config that trained .*lr"):
         fit(load_config({**config, "lr": 1e-2}), resume=True)
+    extended = fit(load_config({**config, "epochs": 2}), resume=True)  # a finished run may be extended
+    assert list(extended["epoch"]) == [1, 2] and extended.iloc[0].equals(history.iloc[0])
 
 
 def test_resume_after_sigkill_in_mid_epoch_ends_where_an_uninterrupted_run_ends(tmp_path):

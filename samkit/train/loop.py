@@ -87,8 +87,9 @@ def _step_indices(order: np.ndarray, step: int, config: TrainConfig, processes: 
             for a in range(config.grad_accum)]
 
 
-# Settings that change how a run is watched or where it runs, not what it computes.
-_RESUMABLE_CHANGES = ("device", "progress", "tensorboard", "num_workers", "checkpoint_every")
+# What may differ when a run resumes: how it is watched and where it runs, and `epochs` (a finished run
+# may be extended, as CPC-SAM's second stage extends its first); everything else is another run.
+_RESUMABLE_CHANGES = ("device", "progress", "tensorboard", "num_workers", "checkpoint_every", "epochs")
 
 
 def _check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
