@@ -297,7 +297,7 @@ def test_unmatched_weight_trains_the_unmatched_queries_towards_empty(monkeypatch
     for weight in (0.0, 1.0):
         torch.manual_seed(0)
         method = OpenWorld(**kwargs, unmatched_weight=weight)
-        losses[weight] = float(method(batch)[0])
+        losses[weight] = float(method(batch)[0].detach())
     assert losses[1.0] > losses[0.0]  # the free queries' masks are not empty, so they add a loss
     with pytest.raises(ValueError, match="unmatched_weight"):
         matched_mask_loss(torch.zeros(1, 4, 4), torch.ones(1, 4, 4), unmatched_weight=1.0,
