@@ -632,7 +632,8 @@ class OpenWorld(Method):
         for classes the image lacks): "kept" by the paper's rule (score >= score_threshold, then
         NMS); the same keys ending in `_nms_only` skip the score filter (NMS alone), which separates
         the masks' quality from the frozen IoU head's scores. distinct_masks: mean number of
-        differing masks among the K, over multi-instance queries. recall_at_k: instances that any of
+        differing masks among the K, over multi-instance queries; empty_queries: share of thing queries
+        whose K masks are all empty. recall_at_k: instances that any of
         the K raw masks hits at IoU >= 0.5 (no score involved); multi_instance_coverage: share of
         multi-instance queries whose K masks hit >= 2 distinct instances. miou: semantic mIoU of the
         score-weighted merge over every asked class (stuff included). stuff_as_things: share of the
@@ -682,6 +683,7 @@ class OpenWorld(Method):
                             instance_metrics(table, *collected[rule], suffix=rule).items()})
         multi, present = table[table["instances"] >= 2], table[table["instances"] > 0]
         metrics["distinct_masks"] = float(multi["distinct"].mean()) if len(multi) else float("nan")
+        metrics["empty_queries"] = float((table["distinct"] == 0).mean()) if len(table) else float("nan")
         metrics["recall_at_k"] = float(present["recalled_at_k"].sum() / present["instances"].sum()) \
             if len(present) else float("nan")
         metrics["multi_instance_coverage"] = float((multi["recalled_at_k"] >= 2).mean()) if len(multi) else float("nan")
